@@ -21,7 +21,7 @@ import numpy as np
 
 from bilayer_jax.convert import torch_names
 from bilayer_jax.models.bilayer import BilayerGenerator
-from bilayer_jax.models.config import BilayerConfig
+from bilayer_jax.models.config import BilayerConfig, NETWORK_NAMES
 from bilayer_jax.models.discriminator import Discriminator
 
 BASE_NETWORKS = ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator')
@@ -141,7 +141,8 @@ def infer_config(args: Mapping[str, Any], state_dicts: Mapping[str, Mapping[str,
   base = BilayerConfig.from_args(merged)
   # Networks present decide their own spectral-norm form; absent ones keep the args' setting.
   spn = [n for n in base.spn_networks if n not in state_dicts] + spectral
-  cfg = BilayerConfig.from_args({**merged, 'spn_networks': ', '.join(sorted(set(spn)))})
+  spn = [n for n in NETWORK_NAMES if n in spn]
+  cfg = BilayerConfig.from_args({**merged, 'spn_networks': ', '.join(spn)})
   return cfg.validate(with_enhancer='texture_enhancer' in state_dicts)
 
 
@@ -255,6 +256,10 @@ def export_run(out_dir: os.PathLike, epoch: Any, cfg: BilayerConfig, variables: 
   out_dir = pathlib.Path(out_dir)
   if args is None:
     args = {**paper_args(stage), **cfg.to_args()}
+    # The original applies spectral norm by name and fails on networks its run does not build.
+    built = set(args['networks_train'].replace(' ', '').split(',')) | set(
+        args['networks_test'].replace(' ', '').split(','))
+    args['spn_networks'] = ', '.join(n for n in cfg.spn_networks if n in built)
   for network in networks:
     sd = torch_names.variables_to_state_dict(network, cfg, jax.device_get(network_variables(variables, network)))
     save_state_dict(_checkpoint_path(out_dir, epoch, network), sd)

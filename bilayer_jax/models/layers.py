@@ -57,7 +57,11 @@ def spectral_normalize(module: nn.Module, kernel: Array, weight_matrix: Array, t
   out_dim, in_dim = weight_matrix.shape
   u = module.variable('spectral', 'u', lambda: _random_unit_vector(module.make_rng('params'), out_dim, eps))
   v = module.variable('spectral', 'v', lambda: _random_unit_vector(module.make_rng('params'), in_dim, eps))
-  if train and module.is_mutable_collection('spectral') and not module.is_initializing():
+  # PyTorch starts from random unit u, v, which can give sigma ~ 0 or < 0 and NaN/garbage outputs of a
+  # fresh network in eval mode. We run 3 power iterations at initialisation so that a fresh model is
+  # usable in eval mode too (the same remedy the parity fixtures apply); training behaviour is unchanged.
+  iterations = 3 if module.is_initializing() else int(train and module.is_mutable_collection('spectral'))
+  for _ in range(iterations):
     # The power iteration runs without gradient, as in PyTorch (it happens under no_grad there).
     w = jax.lax.stop_gradient(weight_matrix)
     v_new = _l2_normalize(w.T @ u.value, eps)

@@ -1,0 +1,79 @@
+"""Params directories: a model's variables (orbax) plus its architecture (JSON), written atomically.
+
+Layout of DIR:
+  DIR/variables/    orbax checkpoint of {'generator': ..., 'discriminator': ...} variables
+  DIR/config.json   {'format': ..., 'bilayer_config': {...}, 'networks': [...], 'metadata': {...}}
+This is what `bilayer_jax.tools.import_torch` writes and what training (`init_from`) and inference load.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import jax
+import orbax.checkpoint as ocp
+
+from bilayer_jax.models.config import BilayerConfig, NETWORK_NAMES
+
+FORMAT = 'bilayer_jax.params/1'
+
+
+class ParamsDirError(ValueError):
+  """A params directory is missing, incomplete or of another format."""
+
+
+def networks_in(variables: Mapping[str, Any]) -> list:
+  """Names of the networks present in combined variables."""
+  present = list(variables.get('generator', {}).get('params', {}))
+  if 'discriminator' in variables:
+    present.append('discriminator')
+  return [n for n in NETWORK_NAMES if n in present]
+
+
+def save_params(directory: os.PathLike, cfg: BilayerConfig, variables: Mapping[str, Any],
+                metadata: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
+  """Writes a params directory; the directory only appears once complete (temp dir, then rename)."""
+  directory = pathlib.Path(directory).absolute()
+  if directory.exists():
+    raise ParamsDirError(f'{directory} already exists; choose a new output directory')
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f'.{directory.name}.tmp-'))
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp / 'variables', jax.device_get(dict(variables)))
+    checkpointer.wait_until_finished()
+    info = {'format': FORMAT, 'bilayer_config': dataclasses.asdict(cfg),
+            'networks': networks_in(variables), 'metadata': dict(metadata or {})}
+    (tmp / 'config.json').write_text(json.dumps(info, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, directory)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp)
+  return directory
+
+
+def load_config(directory: os.PathLike) -> Tuple[BilayerConfig, Dict[str, Any]]:
+  """Reads only the architecture and the info of a params directory."""
+  path = pathlib.Path(directory) / 'config.json'
+  if not path.is_file():
+    raise ParamsDirError(f'{directory} is not a bilayer_jax params directory (no config.json)')
+  info = json.loads(path.read_text())
+  if info.get('format') != FORMAT:
+    raise ParamsDirError(f'{path}: format {info.get("format")!r}, expected {FORMAT!r}')
+  fields = dict(info['bilayer_config'])
+  fields['spn_networks'] = tuple(fields['spn_networks'])
+  return BilayerConfig(**fields), info
+
+
+def load_params(directory: os.PathLike) -> Tuple[BilayerConfig, Dict[str, Any], Dict[str, Any]]:
+  """Returns (config, variables, info) of a params directory (arrays on the default device)."""
+  cfg, info = load_config(directory)
+  path = pathlib.Path(directory).absolute() / 'variables'
+  if not path.is_dir():
+    raise ParamsDirError(f'{directory}: variables/ missing (incomplete params directory)')
+  variables = ocp.StandardCheckpointer().restore(path)
+  return cfg, variables, info

@@ -1,0 +1,37 @@
+r"""Imports an original PyTorch run directory into a bilayer_jax params directory.
+
+    python -m bilayer_jax.tools.import_torch --run_dir runs/vc2-hq_adrianb_paper_main --epoch 2225 \
+        [--enh_run_dir runs/vc2-hq_adrianb_paper_enhancer --enh_epoch 1225] --out params/official
+
+The configuration comes from the runs' args.txt, corrected by what the checkpoints' shapes say (harmonic
+keypoint encoding, image size, spectral norm). Every key and shape is checked; a mismatch names the
+network, the key and the expected and found shapes. The output (orbax variables + config.json) is what
+training (`config.init_from`) and inference load; it appears only once completely written.
+"""
+
+from absl import app
+from absl import flags
+
+from bilayer_jax import model_io
+from bilayer_jax.convert import original
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('run_dir', None, 'Base run directory (args.txt + checkpoints/<epoch>_<net>.pth).')
+flags.DEFINE_string('epoch', None, 'Base checkpoint epoch.')
+flags.DEFINE_string('enh_run_dir', None, 'Enhancer run directory (optional).')
+flags.DEFINE_string('enh_epoch', None, 'Enhancer checkpoint epoch.')
+flags.DEFINE_string('out', None, 'Output params directory (must not exist).')
+
+
+def main(argv):
+  del argv
+  cfg, variables, metadata = original.import_run(FLAGS.run_dir, FLAGS.epoch, FLAGS.enh_run_dir, FLAGS.enh_epoch)
+  metadata = {**metadata, 'imported_from': {'run_dir': FLAGS.run_dir, 'epoch': FLAGS.epoch,
+                                            'enh_run_dir': FLAGS.enh_run_dir, 'enh_epoch': FLAGS.enh_epoch}}
+  out = model_io.save_params(FLAGS.out, cfg, variables, metadata)
+  print(f'imported {", ".join(model_io.networks_in(variables))} -> {out}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['run_dir', 'epoch', 'out'])
+  app.run(main)

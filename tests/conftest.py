@@ -1,0 +1,43 @@
+"""Shared pytest setup: quiet, hermetic caches and the parity fixtures of the original code."""
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+# Keep TF/matplotlib/torch caches out of $HOME and make TF quiet; tests never download anything.
+_CACHE = pathlib.Path(tempfile.gettempdir()) / 'bilayer_jax_test_cache'
+for var, sub in (('KERAS_HOME', 'keras'), ('MPLCONFIGDIR', 'mpl'), ('TORCH_HOME', 'torch')):
+  os.environ.setdefault(var, str(_CACHE / sub))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+# Compile fast (as flax's own tests do); subprocess-based tests (the CLIs) still run fully optimised.
+jax.config.update('jax_disable_most_optimizations', True)
+
+FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'original_small'
+
+
+@pytest.fixture(scope='session')
+def fixtures_dir() -> pathlib.Path:
+  return FIXTURES
+
+
+@pytest.fixture(scope='session')
+def enh_run_dir(tmp_path_factory) -> pathlib.Path:
+  """The fixtures' enhancer run in the original's layout (args.txt + checkpoints/1_<net>.pth)."""
+  run = tmp_path_factory.mktemp('enh_run')
+  (run / 'checkpoints').mkdir()
+  shutil.copy(FIXTURES / 'args_enh.txt', run / 'args.txt')
+  for net in ('texture_enhancer', 'discriminator'):
+    shutil.copy(FIXTURES / 'checkpoints' / f'1_{net}.pth', run / 'checkpoints')
+  return run
+
+
+@pytest.fixture(scope='session')
+def small_run(enh_run_dir):
+  """(config, variables, metadata) of the fixtures' base + enhancer runs, imported."""
+  from bilayer_jax.convert import original  # pylint: disable=g-import-not-at-top
+  return original.import_run(FIXTURES, 1, enh_run_dir, 1)
