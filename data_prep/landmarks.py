@@ -3,7 +3,7 @@
 Both backends follow the iBUG 68-point convention the stickmen and the
 keypoints embedder assume, and both pick the LARGEST face when there are
 several (the original took "the first" detection, whose order depends on the
-detector).
+detector; for dlib "largest" ignores weak detections, see DlibBackend).
 
 * ``face_alignment``: Bulat's FAN with the S3FD detector, what the original
   used (spec §4.7). Its weights are downloaded by the package on first use into
@@ -87,6 +87,8 @@ class DlibBackend(LandmarkBackend):
   Detection runs on a grayscale copy whose longest side is at most
   ``detect_max_side`` (HOG cost grows with pixels; faces in big frames stay big
   enough). HOG misses faces under ~80 px, so small images are retried at 2x.
+  Of several faces the largest wins, among detections scoring at least half
+  the best score (weak false positives can be larger than the real face).
 
   Tracking: at each detection the detector box is recorded relative to the
   landmarks' bounding box; on the next frames the box is rebuilt from the
@@ -128,9 +130,13 @@ class DlibBackend(LandmarkBackend):
       small = cv2.resize(gray, (max(1, round(w * scale)),
                                 max(1, round(h * scale))),
                          interpolation=cv2.INTER_AREA)
-    rects = list(self._detector(small, 0))
+    rects, scores, _ = self._detector.run(small, 0, 0.0)
     if not rects and max(small.shape) <= self.small_side:
-      rects = list(self._detector(small, 1))
+      rects, scores, _ = self._detector.run(small, 1, 0.0)
+    # The largest face among confident detections: a weak false positive
+    # (e.g. a pattern on clothes) must not win because it is big.
+    best = max(scores, default=0.0)
+    rects = [r for r, sc in zip(rects, scores) if sc >= 0.5 * best]
     i = _largest(rects, lambda r: r.width() * r.height())
     if i is None:
       return None
@@ -207,18 +213,21 @@ class FaceAlignmentBackend(LandmarkBackend):
 
   Args:
     device: torch device; default CUDA when available.
-    batch_size: frames per batched call for videos on GPU.
+    batch_size: frames per detector/FAN call for videos; default 16 on GPU
+      and 1 (no batching) on CPU, where batching does not pay.
     fa: an already constructed ``face_alignment.FaceAlignment`` (or an object
       with the same methods); skips the weight check and construction.
   """
 
   name = 'face_alignment'
 
-  def __init__(self, device: str | None = None, batch_size: int = 16, fa=None):
+  def __init__(self, device: str | None = None, batch_size: int | None = None,
+               fa=None):
     import torch  # pylint: disable=g-import-not-at-top
     self._torch = torch
     self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    self.batch_size = batch_size
+    self.batch_size = batch_size or (
+        16 if self.device.startswith('cuda') else 1)
     if fa is None:
       missing = [p for p in face_alignment_weight_paths()
                  if not os.path.isfile(p)]
@@ -260,7 +269,7 @@ class FaceAlignmentBackend(LandmarkBackend):
             for l in lms]
 
   def detect_video(self, frames):
-    if not self.device.startswith('cuda'):
+    if self.batch_size == 1:
       yield from super().detect_video(frames)
       return
     chunk = []

@@ -13,7 +13,6 @@ import collections
 import dataclasses
 import hashlib
 import io
-import itertools
 import json
 import os
 import pathlib
@@ -74,10 +73,19 @@ class Record:
   keypoints: np.ndarray  # float32 (N, 68, 2), pixels of the stored crop
   frame_ids: list[str]  # 'SEQUENCE/FRAME_INDEX'
 
-  def to_example(self) -> dict:
-    return {'person_id': self.person_id, 'video_id': self.video_id,
-            'frames': self.frames, 'segs': self.segs,
-            'keypoints': self.keypoints, 'frame_ids': self.frame_ids}
+  def to_examples(self, frames_per_example: int = 0) -> list[dict]:
+    """Splits the video into examples of at most ``frames_per_example``.
+
+    Chunk c of C holds frames c, c + C, c + 2C, ...: every chunk spans the
+    whole video, so pairs sampled inside a chunk are as far apart in time as
+    pairs sampled in the whole video, while each read stays small.
+    """
+    n = len(self.frames)
+    chunks = -(-n // frames_per_example) if frames_per_example else 1
+    return [{'person_id': self.person_id, 'video_id': self.video_id,
+             'frames': self.frames[c::chunks], 'segs': self.segs[c::chunks],
+             'keypoints': self.keypoints[c::chunks],
+             'frame_ids': self.frame_ids[c::chunks]} for c in range(chunks)]
 
   def save(self, path: pathlib.Path) -> None:
     """Writes atomically: a crash never leaves a partial record."""
@@ -109,9 +117,10 @@ class Record:
 class Processor:
   """Turns jobs into records; holds the (expensive) backends of one worker."""
 
-  def __init__(self, options: Options,
-               landmarks: landmarks_lib.LandmarkBackend | None = None,
-               segmentation: segmentation_lib.SegmentationBackend | None = None):
+  def __init__(
+      self, options: Options,
+      landmarks: landmarks_lib.LandmarkBackend | None = None,
+      segmentation: segmentation_lib.SegmentationBackend | None = None):
     self.options = options
     self._landmarks = landmarks
     self._segmentation = segmentation
@@ -145,9 +154,9 @@ class Processor:
         else:
           self._process_media(seq, acc)
       except sources.UnreadableError as e:
-        acc.errors.append(f'{seq.seq_id}: unreadable ({e})')
+        acc.fail('unreadable', f'{seq.seq_id}: {e}')
       except _SkipSequence as e:
-        acc.errors.append(f'{seq.seq_id}: {e}')
+        acc.fail('too_small', f'{seq.seq_id}: {e}')
     status = acc.status(self.options.min_frames)
     status['seconds'] = round(time.perf_counter() - start, 3)
     return (acc.record() if status['status'] == 'ok' else None), status
@@ -159,50 +168,71 @@ class Processor:
     consumer can name frames even when the landmark backend batches them.
     """
     it = sources.read_frames(seq, acc.errors)
-    for index in itertools.count(seq.start):
+    while True:
       t = time.perf_counter()
-      frame = next(it, None)
+      index, frame = next(it, (None, None))
       acc.timing['decode'] += time.perf_counter() - t
-      if frame is None:
+      if index is None:
         return
+      if (index - seq.start) % self.options.frame_stride:
+        continue
+      acc.frames_read += 1
+      if frame is None:
+        acc.drop('unreadable')
+        continue
       if min(frame.shape[:2]) < self.options.min_input_side:
         raise _SkipSequence(
             f'frames too small ({frame.shape[1]}x{frame.shape[0]} < '
             f'min_input_side {self.options.min_input_side})')
-      if (index - seq.start) % self.options.frame_stride == 0:
-        acc.frames_read += 1
-        acc.pending.append(index)
-        yield frame
+      acc.pending.append(index)
+      yield frame
 
   def _process_media(self, seq: sources.Sequence, acc: '_Accumulator'):
     opts = self.options
     acc.pending.clear()
     detected = self.landmarks.detect_video(self._frames(seq, acc))
-    while not acc.full(opts.max_frames):
+    chunk = []
+    while True:
       t = time.perf_counter()
       decode_before = acc.timing['decode']
       item = next(detected, None)
       acc.timing['landmarks'] += (time.perf_counter() - t
                                   - (acc.timing['decode'] - decode_before))
-      if item is None:
+      if item is not None:
+        frame, lms = item
+        frame_id = f'{seq.seq_id}/{acc.pending.popleft():06d}'
+        if lms is None:
+          acc.drop('no_face')
+        elif float((lms.max(0) - lms.min(0)).max()) < opts.min_face_size:
+          acc.drop('face_too_small')
+        else:
+          chunk.append((frame_id, frame, lms))
+      full = acc.full(opts.max_frames, pending=len(chunk))
+      if chunk and (item is None or full or len(chunk) == _CHUNK):
+        self._crop_segment_encode(chunk, acc)
+        chunk = []
+      if item is None or full:
         return
-      frame, lms = item
-      frame_id = f'{seq.seq_id}/{acc.pending.popleft():06d}'
-      if lms is None:
-        acc.drop('no_face')
-        continue
-      if float((lms.max(0) - lms.min(0)).max()) < opts.min_face_size:
-        acc.drop('face_too_small')
-        continue
-      t = time.perf_counter()
-      crop, kps = crop_lib.crop_face(frame, lms, opts.image_size)
-      jpeg = images.encode_jpeg(crop, opts.jpeg_quality)
-      t2 = time.perf_counter()
-      mask = self.segmentation.segment(crop)
-      t3 = time.perf_counter()
-      png = images.encode_png(_mask_to_uint8(mask))
-      acc.timing['segmentation'] += t3 - t2
-      acc.timing['crop_encode'] += (t2 - t) + (time.perf_counter() - t3)
+
+  def _crop_segment_encode(self, chunk, acc: '_Accumulator') -> None:
+    """Crops, segments and encodes a few frames, one stage at a time.
+
+    Running each stage over a chunk keeps its code and model weights in the
+    CPU caches; interleaving the stages per frame measured ~10% slower.
+    """
+    opts = self.options
+    t = time.perf_counter()
+    crops = [crop_lib.crop_face(frame, lms, opts.image_size)
+             for _, frame, lms in chunk]
+    jpegs = [images.encode_jpeg(c, opts.jpeg_quality) for c, _ in crops]
+    t2 = time.perf_counter()
+    masks = [self.segmentation.segment(c) for c, _ in crops]
+    t3 = time.perf_counter()
+    pngs = [images.encode_png(_mask_to_uint8(m)) for m in masks]
+    acc.timing['segmentation'] += t3 - t2
+    acc.timing['crop_encode'] += (t2 - t) + (time.perf_counter() - t3)
+    for (frame_id, _, _), (_, kps), jpeg, png in zip(chunk, crops, jpegs,
+                                                     pngs):
       acc.keep(jpeg, png, kps, frame_id)
 
   def _import_original(self, seq: sources.Sequence, acc: '_Accumulator'):
@@ -250,6 +280,9 @@ class Processor:
       acc.keep(jpeg, png, kps, f'{seq.seq_id}/{stem}')
 
 
+_CHUNK = 16  # frames per stage-at-a-time chunk
+
+
 class _SkipSequence(Exception):
   """A sequence is unusable as a whole (e.g. frames too small)."""
 
@@ -283,12 +316,18 @@ class _Accumulator:
     self.timing = dict.fromkeys(
         ('decode', 'landmarks', 'segmentation', 'crop_encode'), 0.0)
     self.pending: collections.deque[int] = collections.deque()
+    self.failure: str | None = None  # reason code of a failed sequence
 
-  def full(self, max_frames: int) -> bool:
-    return bool(max_frames) and len(self.frames) >= max_frames
+  def full(self, max_frames: int, pending: int = 0) -> bool:
+    return bool(max_frames) and len(self.frames) + pending >= max_frames
 
   def drop(self, reason: str) -> None:
     self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+  def fail(self, code: str, message: str) -> None:
+    """A whole sequence is unusable; the first such code explains a skip."""
+    self.failure = self.failure or code
+    self.errors.append(message)
 
   def keep(self, jpeg, png, kps, frame_id) -> None:
     self.frames.append(jpeg)
@@ -305,9 +344,14 @@ class _Accumulator:
               'timing': {k: round(v, 4) for k, v in self.timing.items()}}
     if kept < min_frames:
       status['status'] = 'skipped'
-      status['reason'] = (
-          f'too short: {kept} usable frames < min_frames {min_frames}'
-          if self.frames_read else 'no decodable frames')
+      if kept == 0 and self.failure:
+        status['reason_code'] = self.failure
+        status['reason'] = '; '.join(self.errors)
+      else:
+        status['reason_code'] = 'too_short'
+        status['reason'] = (
+            f'{kept} usable of {self.frames_read} frames < min_frames '
+            f'{min_frames} (dropped: {self.dropped or "none"})')
     return status
 
   def record(self) -> Record:

