@@ -2,7 +2,8 @@ r"""Inference-side forward benchmark at the paper configuration (256^2, batch 1,
 
     python bench/forward.py [--runs 20] [--original_repo PATH] [--threads N]
 
-Times (median of --runs after warm-up, plus jit compile time):
+Times (median of --runs after warm-up, plus jit compile time; with a baseline, both implementations run
+alternately so that they see the same machine load):
   * per-frame render: keypoints embedder + inference generator trunk + warp + add (`BilayerGenerator.render`);
   * per-avatar init: identity embedder + texture generator + both projectors (`init_avatar`);
   * the 4-step texture enhancer.
@@ -31,14 +32,17 @@ from bilayer_jax.models.config import BilayerConfig
 SPEC_REFERENCE_S = {'per-frame render': 0.050, 'avatar init': 0.8, 'texture enhancer (4 steps)': 1.6}
 
 
-def _median_time(fn, runs):
-  fn()  # warm-up (after compilation)
-  times = []
+def _median_times(fns, runs):
+  """Median seconds of each callable, run alternately so both see the same machine load."""
+  for fn in fns:
+    fn()  # warm-up (after compilation)
+  times = [[] for _ in fns]
   for _ in range(runs):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for fn, record in zip(fns, times):
+      start = time.perf_counter()
+      fn()
+      record.append(time.perf_counter() - start)
+  return [statistics.median(t) for t in times]
 
 
 def _inputs(cfg, seed=0):
@@ -50,7 +54,7 @@ def _inputs(cfg, seed=0):
           'target_poses': jnp.asarray(rng.uniform(-0.8, 0.8, (1, 1, 136)).astype(np.float32))}
 
 
-def bench_jax(cfg, variables, batch, runs):
+def bench_jax(cfg, variables, batch):
   gen = BilayerGenerator(cfg)
   v = variables['generator']
   init_fn = jax.jit(lambda v, b: gen.apply(v, b['source_imgs'], b['source_segs'], b['source_stickmen'],
@@ -65,22 +69,20 @@ def bench_jax(cfg, variables, batch, runs):
     return nn_apply(gen, v, run)
 
   enhance_fn = jax.jit(enhance)
-  results = {}
+  compile_s = {}
   start = time.perf_counter()
   avatar = jax.block_until_ready(init_fn(v, batch))
-  compile_init = time.perf_counter() - start
+  compile_s['avatar init'] = time.perf_counter() - start
   start = time.perf_counter()
   jax.block_until_ready(render_fn(v, avatar, batch['target_poses']))
-  compile_render = time.perf_counter() - start
+  compile_s['per-frame render'] = time.perf_counter() - start
   start = time.perf_counter()
   jax.block_until_ready(enhance_fn(v, batch, avatar))
-  compile_enh = time.perf_counter() - start
-  results['per-frame render'] = (
-      _median_time(lambda: jax.block_until_ready(render_fn(v, avatar, batch['target_poses'])), runs), compile_render)
-  results['avatar init'] = (_median_time(lambda: jax.block_until_ready(init_fn(v, batch)), runs), compile_init)
-  results['texture enhancer (4 steps)'] = (
-      _median_time(lambda: jax.block_until_ready(enhance_fn(v, batch, avatar)), max(5, runs // 4)), compile_enh)
-  return results
+  compile_s['texture enhancer (4 steps)'] = time.perf_counter() - start
+  fns = {'per-frame render': lambda: jax.block_until_ready(render_fn(v, avatar, batch['target_poses'])),
+         'avatar init': lambda: jax.block_until_ready(init_fn(v, batch)),
+         'texture enhancer (4 steps)': lambda: jax.block_until_ready(enhance_fn(v, batch, avatar))}
+  return fns, compile_s
 
 
 def nn_apply(module, variables, fn):
@@ -88,7 +90,7 @@ def nn_apply(module, variables, fn):
   return module.apply(variables, method=lambda m: fn(m))
 
 
-def bench_original(repo, cfg, variables, batch, runs):
+def bench_original(repo, cfg, variables, batch):
   """The original's networks (from a user checkout) on the same weights; returns median seconds."""
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -140,8 +142,7 @@ def bench_original(repo, cfg, variables, batch, runs):
     with torch.no_grad():
       nets['texture_enhancer'](d, [], nets)
 
-  return {'per-frame render': _median_time(per_frame, runs), 'avatar init': _median_time(init, runs),
-          'texture enhancer (4 steps)': _median_time(enhance, max(5, runs // 4))}
+  return {'per-frame render': per_frame, 'avatar init': init, 'texture enhancer (4 steps)': enhance}
 
 
 def main():
@@ -163,17 +164,22 @@ def main():
                                             pred_source_data=True, enhance=True, mutable=['batch_stats']))(
                                                 gen_vars, {**batch, 'target_imgs': batch['source_imgs']})
   variables = {'generator': {**gen_vars, **stats}}
-  ours = bench_jax(cfg, variables, batch, args.runs)
-  baseline, label = SPEC_REFERENCE_S, 'original (spec §11.2, not this run)'
+  ours, compile_s = bench_jax(cfg, variables, batch)
+  baseline, label = None, 'original (spec §11.2, not this run)'
   if args.original_repo:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.threads)
-    baseline, label = bench_original(args.original_repo, cfg, variables, batch, args.runs), 'original (this run)'
+    baseline, label = bench_original(args.original_repo, cfg, variables, batch), 'original (this run)'
   print(f'\n| stage | bilayer_jax median | jit compile | {label} | ratio |')
   print('|---|---|---|---|---|')
-  for name, (median, compile_s) in ours.items():
-    print(f'| {name} | {median * 1e3:.1f} ms | {compile_s:.1f} s | {baseline[name] * 1e3:.1f} ms | '
-          f'{median / baseline[name]:.2f}x |')
+  for name, fn in ours.items():
+    runs = args.runs if 'enhancer' not in name else max(5, args.runs // 4)
+    if baseline:
+      median, reference = _median_times([fn, baseline[name]], runs)
+    else:
+      (median,), reference = _median_times([fn], runs), SPEC_REFERENCE_S[name]
+    print(f'| {name} | {median * 1e3:.1f} ms | {compile_s[name]:.1f} s | {reference * 1e3:.1f} ms | '
+          f'{median / reference:.2f}x |', flush=True)
 
 
 if __name__ == '__main__':

@@ -16,6 +16,9 @@ import pytest  # pylint: disable=g-import-not-at-top
 
 # Compile fast (as flax's own tests do); subprocess-based tests (the CLIs) still run fully optimised.
 jax.config.update('jax_disable_most_optimizations', True)
+# Share compiled executables between test processes and runs (XLA CPU compiles are the slow part).
+jax.config.update('jax_compilation_cache_dir', str(_CACHE / 'jax'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'original_small'
 

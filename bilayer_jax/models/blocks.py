@@ -147,7 +147,9 @@ class ResBlock(nn.Module):
     feats_layout, block_layout, skip_layout = self._layout()
     size = self.spatial_size
 
-    h = x
+    # An upsampling directly followed by a conv is computed by the conv at the low resolution (same
+    # function, fewer operations: see layers.conv3x3_after_upsample); `pending_up` carries it over.
+    h, pending_up = x, False
     for i, kind in enumerate(feats_layout):
       name = f'block_feats_{i}'
       if kind == 'norm1':
@@ -155,30 +157,35 @@ class ResBlock(nn.Module):
       elif kind == 'act':
         h = act(h)
       elif kind == 'up':
-        h, size = layers.upsample_nearest2x(h), size * 2
+        pending_up, size = True, size * 2
       elif kind == 'conv1':
-        h = layers.Conv2d(self.out_channels, 3, name=name, **conv_kw)(h, train)
+        h = layers.Conv2d(self.out_channels, 3, name=name, upsample_input=pending_up, **conv_kw)(h, train)
+        pending_up = False
       elif kind == 'norm2':
         h = apply_norm(make_norm(self.norm, size, self.eps, self.bn_momentum, name), h, ada_norm2, train)
     feats = h
 
     for i, kind in enumerate(block_layout):
       if kind == 'up':
-        h = layers.upsample_nearest2x(h)
+        pending_up = True
       elif kind == 'conv2':
-        h = layers.Conv2d(self.out_channels, 3, name=f'block_{i}', **conv_kw)(h, train)
+        h = layers.Conv2d(self.out_channels, 3, name=f'block_{i}', upsample_input=pending_up, **conv_kw)(h, train)
+        pending_up = False
       elif kind == 'down':
         h = down(h)
 
     skip = x
     for i, kind in enumerate(skip_layout):
       if kind == 'up':
-        skip = layers.upsample_nearest2x(skip)
+        pending_up = True
       elif kind == 'skip_conv' and self.skip_type == 'ada_conv':
         (w, b), = ada_skip
-        skip = layers.adaptive_conv1x1(skip, w, b)
+        skip = layers.adaptive_conv1x1(skip, w, b)  # per-pixel: commutes with the upsampling
+        if pending_up:
+          skip, pending_up = layers.upsample_nearest2x(skip), False
       elif kind == 'skip_conv':
-        skip = layers.Conv2d(self.out_channels, 1, name=f'skip_{i}', **conv_kw)(skip, train)
+        skip = layers.Conv2d(self.out_channels, 1, name=f'skip_{i}', upsample_input=pending_up, **conv_kw)(skip, train)
+        pending_up = False
       elif kind == 'down':
         skip = down(skip)
 

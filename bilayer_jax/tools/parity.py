@@ -83,12 +83,16 @@ def eval_forward(cfg: BilayerConfig, variables: Mapping[str, Any], batch: Mappin
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('run_dir', None, 'Base run directory of the original (args.txt + checkpoints/).')
-flags.DEFINE_string('epoch', None, 'Base checkpoint epoch.')
-flags.DEFINE_string('enh_run_dir', None, 'Enhancer run directory (optional).')
-flags.DEFINE_string('enh_epoch', None, 'Enhancer checkpoint epoch.')
-flags.DEFINE_string('inputs', None, 'npz with inputs in the original layout.')
-flags.DEFINE_string('out', None, 'Output npz.')
+
+
+def _define_flags():
+  """Defines the command-line flags (only when run as a program, so importing the module is side-effect free)."""
+  flags.DEFINE_string('run_dir', None, 'Base run directory of the original (args.txt + checkpoints/).')
+  flags.DEFINE_string('epoch', None, 'Base checkpoint epoch.')
+  flags.DEFINE_string('enh_run_dir', None, 'Enhancer run directory (optional).')
+  flags.DEFINE_string('enh_epoch', None, 'Enhancer checkpoint epoch.')
+  flags.DEFINE_string('inputs', None, 'npz with inputs in the original layout.')
+  flags.DEFINE_string('out', None, 'Output npz.')
 
 
 def main(argv):
@@ -106,5 +110,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flags_as_required(['run_dir', 'epoch', 'inputs', 'out'])
   app.run(main)

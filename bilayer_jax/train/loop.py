@@ -1,0 +1,250 @@
+"""The training loop: `train_and_evaluate(config, workdir)` for one stage or both in sequence.
+
+Per stage: mesh over all devices (data parallel; FSDP by config), per-host input pipeline turned into
+global batches, one jit-compiled train step with state donation, orbax checkpoints (resume order in
+`checkpoints.py`, SIGTERM -> save and exit), clu TensorBoard writers (losses, grad/param norms, learning
+rates, images/s, step time, image grids, a parameter overview), standing BN statistics before evaluation
+and checkpoints, held-out evaluation, a NaN/Inf guard, and a params directory (`WORKDIR/params`) at the end.
+
+Data order is a function of (seed, step): the input iterator is (re)created with the step folded into the
+seed at the start and at every checkpoint step, so a run resumed from a periodic checkpoint sees exactly the
+batches an uninterrupted run sees.
+"""
+
+import functools
+import os
+import pathlib
+import shutil
+import time
+from typing import Any, Dict, Iterator, Optional
+
+from absl import logging
+from clu import metric_writers
+from clu import parameter_overview
+from clu import periodic_actions
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bilayer_jax import model_io
+from bilayer_jax.data import demo
+from bilayer_jax.data import input_pipeline
+from bilayer_jax.train import checkpoints
+from bilayer_jax.train import evaluation
+from bilayer_jax.train import setup
+from bilayer_jax.train import sharding
+from bilayer_jax.train import step as step_lib
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss, gradient or parameter became NaN/Inf: the run stops without writing a checkpoint."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains `config.stage` ('base', 'enhancer', or 'both': base into WORKDIR/base, then the enhancer
+  into WORKDIR/enhancer initialised from the base stage's params). Returns the last stage's summary."""
+  if config.stage not in setup.STAGES:
+    raise ValueError(f'config.stage {config.stage!r}: expected one of {setup.STAGES}')
+  if config.train.matmul_precision != 'default':
+    jax.config.update('jax_default_matmul_precision', config.train.matmul_precision)
+  if config.stage != 'both':
+    return run_stage(config, workdir, config.stage, config.num_steps)
+  run_stage(config, os.path.join(workdir, 'base'), 'base', config.num_steps)
+  enh_config = ml_collections.ConfigDict(config.to_dict())
+  enh_config.init_from = os.path.join(workdir, 'base', 'params')
+  enh_config.standing_stats.enabled = False
+  return run_stage(enh_config, os.path.join(workdir, 'enhancer'), 'enhancer', config.enhancer_num_steps)
+
+
+def _data_seed(seed: int, step: int, purpose: int = 0) -> int:
+  return int(np.random.SeedSequence([seed, step, purpose]).generate_state(1)[0] >> 1)
+
+
+def _dataset(config, split: str, seed: int, shuffle: bool = True):
+  data_dir = config.data.data_dir or None
+  if config.data.demo:
+    data_dir = demo.ensure_demo_dataset(data_dir)
+  return input_pipeline.create_dataset(
+      data_dir, split, image_size=config.model.image_size, num_source_frames=config.data.num_source_frames,
+      num_target_frames=config.data.num_target_frames, batch_size=config.batch_size // jax.process_count(),
+      seed=seed, shuffle=shuffle, repeat=True, dataset_name=config.data.name,
+      shuffle_buffer=config.data.shuffle_buffer)
+
+
+def _batches(dataset, batch_sharding) -> Iterator[Dict[str, jax.Array]]:
+  for local in dataset.as_numpy_iterator():
+    yield input_pipeline.make_global_batch(local, batch_sharding)
+
+
+def _check_finite(metrics: Dict[str, Any], step: int) -> None:
+  bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+  if bad:
+    raise NonFiniteError(f'step {step}: non-finite values in {bad}; stopping without writing a checkpoint '
+                         '(the last checkpoint stays valid). Lower the learning rates or use float32.')
+
+
+def _merge_init_params(cfg: step_lib.StepConfig, state, variables: Dict[str, Any]):
+  """Copies the networks present in imported variables into a fresh state (params and statistics)."""
+  params, model_state = dict(state['params']), {k: dict(v) for k, v in state['model_state'].items()}
+  gen_params = dict(params['generator'])
+  for collection, tree in variables.get('generator', {}).items():
+    for net, value in tree.items():
+      if net not in gen_params:
+        continue
+      if collection == 'params':
+        gen_params[net] = value
+      else:
+        model_state['generator'].setdefault(collection, {})
+        model_state['generator'][collection] = {**model_state['generator'][collection], net: value}
+  params['generator'] = gen_params
+  if 'discriminator' in variables:
+    params['discriminator'] = variables['discriminator']['params']
+    model_state['discriminator'] = {k: v for k, v in variables['discriminator'].items() if k != 'params'}
+  merged = {**state, 'params': params, 'model_state': model_state}
+  # Optimiser states start fresh for the (new) parameters.
+  return step_lib.init_state(cfg, step_lib.model_variables(merged)) | {'step': state['step']}
+
+
+def _write_params(workdir: str, cfg: step_lib.StepConfig, state, config) -> None:
+  """WORKDIR/params: the model variables as a params directory (replaced atomically)."""
+  if jax.process_index() != 0:
+    return
+  final = pathlib.Path(workdir) / 'params'
+  staging = pathlib.Path(workdir) / 'params.new'
+  if staging.exists():
+    shutil.rmtree(staging)
+  variables = jax.device_get(step_lib.model_variables(state))
+  model_io.save_params(staging, cfg.model, variables, {'trained_by': 'bilayer_jax', 'stage': cfg.stage,
+                                                       'step': int(state['step']), 'config': config.to_json()})
+  if final.exists():
+    old = pathlib.Path(workdir) / 'params.old'
+    os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old)
+  else:
+    os.replace(staging, final)
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_steps: int) -> Dict[str, Any]:
+  """Trains one stage to `num_steps` (resuming if WORKDIR holds checkpoints). Returns a summary."""
+  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+  cfg = setup.step_config(config, stage)
+  logging.info('process %d/%d, %d local / %d global devices (%s); stage %s trains %s',
+               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform, stage, ', '.join(cfg.networks_to_train))
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+  perceptual = jax.device_put(setup.perceptual_params(config, cfg), repl)
+
+  # --- state: shapes, shardings, init / restore --------------------------------------------------
+  s = config.model.image_size
+  frames = lambda f, c: jnp.zeros((config.batch_size, f, s, s, c))
+  n, t = config.data.num_source_frames, config.data.num_target_frames
+  dummy = {'source_imgs': frames(n, 3), 'source_segs': frames(n, 1), 'source_stickmen': frames(n, 3),
+           'source_poses': jnp.zeros((config.batch_size, n, config.model.pse_in_channels)),
+           'target_imgs': frames(t, 3), 'target_segs': frames(t, 1), 'target_stickmen': frames(t, 3),
+           'target_poses': jnp.zeros((config.batch_size, t, config.model.pse_in_channels))}
+  variables_init = lambda: step_lib.init_variables(cfg, config.seed, dummy)
+  abstract_state = jax.eval_shape(lambda: step_lib.init_state(cfg, variables_init()))
+  state_sh = sharding.state_shardings(abstract_state, mesh, config.mesh.fsdp, config.mesh.fsdp_min_size)
+  # Fresh variables are made on the host (every host the same, from the seed) and placed in their shards.
+  init_jit = lambda: jax.jit(lambda v: step_lib.init_state(cfg, v), out_shardings=state_sh)(
+      jax.device_put(variables_init(), sharding.replicated(mesh)))
+  manager = checkpoints.make_manager(workdir, config.log.keep_checkpoints)
+  merge = lambda st, variables: jax.device_put(_merge_init_params(cfg, st, variables), state_sh)
+  state, source = checkpoints.restore_or_init(manager, config, abstract_state, state_sh, init_jit, merge)
+  start = int(state['step'])
+  logging.info('%s; starting at step %d of %d', source, start, num_steps)
+  if jax.process_index() == 0 and start == 0:
+    writer.write_hparams({k: str(v) for k, v in config.to_dict().items() if not isinstance(v, dict)})
+    for net, tree in state['params']['generator'].items():
+      parameter_overview.log_parameter_overview(tree, msg=f'{net} parameters')
+    parameter_overview.log_parameter_overview(state['params']['discriminator'], msg='discriminator parameters')
+
+  # --- compiled functions -------------------------------------------------------------------------
+  step_fn = jax.jit(functools.partial(step_lib.train_step, cfg), in_shardings=(state_sh, batch_sh, repl),
+                    out_shardings=(state_sh, repl), donate_argnums=(0,))
+  stats_networks = tuple(n for n in setup._names(config.standing_stats.networks)
+                         if n in cfg.generator_train_modes) if config.standing_stats.enabled else ()
+  stats_fn = evaluation.make_stats_fn(cfg, stats_networks) if stats_networks else None
+  eval_fn = evaluation.make_eval_fn(cfg)
+
+  def with_standing_stats(st, step):
+    if not stats_fn:
+      return st
+    batches = _batches(_dataset(config, config.data.train_split, _data_seed(config.seed, step, 1)), batch_sh)
+    count = config.standing_stats.num_batches
+    new = evaluation.standing_statistics(stats_fn, st, (next(batches) for _ in range(count)), stats_networks)
+    return jax.device_put(new, state_sh)
+
+  def run_eval(st, step):
+    batches = _batches(_dataset(config, config.data.eval_split, config.seed, shuffle=False), batch_sh)
+    gen_vars = step_lib.model_variables(st)['generator']
+    values = {}
+    images = None
+    for _ in range(config.log.eval_batches):
+      metrics, columns = eval_fn(gen_vars, next(batches))
+      for k, v in jax.device_get(metrics).items():
+        values.setdefault(k, []).append(np.asarray(v))
+      images = images if images is not None else columns
+    summary = {f'eval/{k}': float(np.concatenate(v).mean()) for k, v in values.items()}
+    writer.write_scalars(step, summary)
+    writer.write_images(step, {'eval/samples': evaluation.image_grid(images, config.log.num_images)[None]})
+    logging.info('eval at step %d: %s', step, summary)
+    return summary
+
+  # --- loop ---------------------------------------------------------------------------------------
+  guard = checkpoints.PreemptionGuard()
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  train_iter = _batches(_dataset(config, config.data.train_split, _data_seed(config.seed, start)), batch_sh)
+  summary: Dict[str, Any] = {'start_step': start, 'source': source, 'losses': {}}
+  last_log, last_log_step = time.time(), start
+  step = start
+  try:
+    with metric_writers.ensure_flushes(writer):
+      while step < num_steps:
+        batch = next(train_iter)
+        state, metrics = step_fn(state, batch, perceptual)
+        step += 1
+        metrics = jax.device_get(metrics)
+        _check_finite(metrics, step)
+        summary['losses'][step] = {k: float(v) for k, v in metrics.items() if k.startswith('loss/')}
+        report(step)
+        if step % config.log.every_steps == 0 or step == num_steps:
+          elapsed = time.time() - last_log
+          rate = {'perf/step_time_s': elapsed / max(step - last_log_step, 1),
+                  'perf/images_per_s': config.batch_size * config.data.num_target_frames *
+                                       (step - last_log_step) / max(elapsed, 1e-9)}
+          writer.write_scalars(step, {**{k: float(v) for k, v in metrics.items()}, **rate})
+          last_log, last_log_step = time.time(), step
+        if step % config.log.image_every_steps == 0:
+          _, columns = eval_fn(step_lib.model_variables(state)['generator'], batch)
+          writer.write_images(step, {'train/samples': evaluation.image_grid(columns, config.log.num_images)[None]})
+        preempted = guard.should_stop(manager, step)
+        eval_now = step % config.log.eval_every_steps == 0 or step == num_steps
+        save_now = step % config.log.checkpoint_every_steps == 0 or step == num_steps or preempted
+        if eval_now or save_now:
+          state = with_standing_stats(state, step)
+        if eval_now and not preempted:
+          summary['eval'] = run_eval(state, step)
+        if save_now:
+          _check_finite({'params': np.asarray(float(sum(jnp.sum(jnp.abs(x)) for x in
+                                                           jax.tree_util.tree_leaves(state['params']))))}, step)
+          checkpoints.save(manager, step, state, {'step': step, 'stage': stage, 'seed': config.seed}, force=True)
+          # Re-seed the data at every checkpoint: a resumed run then sees the same batches.
+          train_iter = _batches(_dataset(config, config.data.train_split, _data_seed(config.seed, step)), batch_sh)
+        if preempted:
+          logging.warning('preempted at step %d: checkpoint written, exiting', step)
+          summary['preempted'] = True
+          break
+      manager.wait_until_finished()
+  finally:
+    manager.close()
+    guard.close()
+  summary['end_step'] = step
+  if step >= num_steps:
+    _write_params(workdir, cfg, state, config)
+  return summary

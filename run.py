@@ -1,0 +1,65 @@
+r"""Trains bi-layer head avatars: `python run.py --config configs/<x>.py --workdir DIR`.
+
+  python run.py --config configs/demo.py --workdir runs/demo                 # both stages, tiny, CPU
+  python run.py --config configs/paper_base.py --workdir runs/base \
+      --config.data.data_dir=/data/tfds --config.loss.perceptual_weights_dir=/data/weights
+  python run.py --config configs/paper_enhancer.py --workdir runs/enh --config.init_from=runs/base/params
+
+Config fields are overridden with --config.<field>=<value> (the config is locked: typos fail). Several
+processes (GPU nodes, TPU pod hosts): start the same command on every host; with BILAYER_JAX_DISTRIBUTED=1
+(or --distributed) jax.distributed.initialize() connects them (coordinator/process ids from the
+environment: TPU pods and SLURM need nothing else; otherwise set JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+"""
+
+import logging as logging_std
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard logs and params.')
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-process training).')
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter of orbax/tfds (dozens of lines per checkpoint); warnings and errors pass."""
+
+  def filter(self, record):
+    noisy = ('/orbax/', '/tensorflow_datasets/')
+    return record.levelno >= logging_std.WARNING or not any(n in record.pathname for n in noisy)
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax  # pylint: disable=g-import-not-at-top
+  cache = os.environ.get('BILAYER_JAX_COMPILATION_CACHE',
+                         os.path.join(os.path.expanduser('~'), '.cache', 'bilayer_jax', 'jax_cache'))
+  if cache:  # reuse compiled train steps across runs and resumes (XLA compiles take minutes on a CPU)
+    jax.config.update('jax_compilation_cache_dir', cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 2.0)
+  if FLAGS.distributed or os.environ.get('BILAYER_JAX_DISTRIBUTED'):
+    if os.environ.get('BILAYER_JAX_CPU_COLLECTIVES'):  # multi-process on CPU (tests, laptops)
+      jax.config.update('jax_cpu_collectives_implementation', os.environ['BILAYER_JAX_CPU_COLLECTIVES'])
+    # On TPU pods and SLURM clusters everything is auto-detected; elsewhere use the environment.
+    kwargs = {}
+    if os.environ.get('JAX_NUM_PROCESSES'):
+      kwargs = dict(coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
+                    num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+                    process_id=int(os.environ['JAX_PROCESS_ID']))
+    jax.distributed.initialize(**kwargs)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')  # tf.data must not take accelerator memory
+  from bilayer_jax.train import loop  # pylint: disable=g-import-not-at-top
+  logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(), jax.devices())
+  loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
