@@ -34,6 +34,14 @@ def networks_in(variables: Mapping[str, Any]) -> list:
   return [n for n in NETWORK_NAMES if n in present]
 
 
+def _this_process_checkpointer() -> ocp.StandardCheckpointer:
+  """A checkpointer that involves only the calling process (a params directory holds host arrays and is
+  written by one process; the default would wait at barriers for every process of a multi-host job)."""
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(
+      multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+
+
 def save_params(directory: os.PathLike, cfg: BilayerConfig, variables: Mapping[str, Any],
                 metadata: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
   """Writes a params directory; the directory only appears once complete (temp dir, then rename)."""
@@ -43,7 +51,7 @@ def save_params(directory: os.PathLike, cfg: BilayerConfig, variables: Mapping[s
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f'.{directory.name}.tmp-'))
   try:
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _this_process_checkpointer()
     checkpointer.save(tmp / 'variables', jax.device_get(dict(variables)))
     checkpointer.wait_until_finished()
     info = {'format': FORMAT, 'bilayer_config': dataclasses.asdict(cfg),
@@ -75,5 +83,5 @@ def load_params(directory: os.PathLike) -> Tuple[BilayerConfig, Dict[str, Any], 
   path = pathlib.Path(directory).absolute() / 'variables'
   if not path.is_dir():
     raise ParamsDirError(f'{directory}: variables/ missing (incomplete params directory)')
-  variables = ocp.StandardCheckpointer().restore(path)
+  variables = _this_process_checkpointer().restore(path)
   return cfg, variables, info

@@ -8,8 +8,8 @@ Spec §2 effective values: 256^2, global batch 40 (one SyncBN over all devices),
 eps 1e-7 for every network, losses RaGAN-hinge 0.5, feature matching 10, VGG19 10 + VGGFace 0.01 (layer
 weights 1/32 .. 1), pixel L1 10 on the LF image, BCE 10, warping regulariser 0, harmonic keypoint
 encoding on. The discriminator trains (the released code's never does). Needs VGG19 (torchvision) and
-VGGFace weight files. Expect ~1 s/step on 8 modern GPUs; the authors trained 2225 "epochs" of their
-VoxCeleb2-HQ subset (several days on 8 x V100).
+VGGFace weight files (see the README). The authors trained 2225 "epochs" of their VoxCeleb2-HQ subset on
+8 GPUs; `python bench/train_step.py` measures the step on your machine.
 """
 
 from configs import common

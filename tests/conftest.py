@@ -10,6 +10,8 @@ _CACHE = pathlib.Path(tempfile.gettempdir()) / 'bilayer_jax_test_cache'
 for var, sub in (('KERAS_HOME', 'keras'), ('MPLCONFIGDIR', 'mpl'), ('TORCH_HOME', 'torch')):
   os.environ.setdefault(var, str(_CACHE / sub))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# run.py started by tests shares the tests' compilation cache.
+os.environ.setdefault('BILAYER_JAX_COMPILATION_CACHE', str(_CACHE / 'jax'))
 
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top

@@ -38,7 +38,8 @@ def _restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> 
   return restored['state'], restored['meta']
 
 
-def _abstract(state_shape: Any, shardings: Any) -> Any:
+def with_shardings(state_shape: Any, shardings: Any) -> Any:
+  """Abstract arrays (ShapeDtypeStruct) carrying their target shardings."""
   return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                 state_shape, shardings)
 
@@ -46,7 +47,7 @@ def _abstract(state_shape: Any, shardings: Any) -> Any:
 def restore_or_init(manager: ocp.CheckpointManager, config, abstract_state: Any, shardings: Any,
                     init_fn: Callable[[], Any], merge_params_fn: Callable[[Any, Dict[str, Any]], Any]):
   """Returns (state, source) following the resume order in the module docstring."""
-  abstract = _abstract(abstract_state, shardings)
+  abstract = with_shardings(abstract_state, shardings)
   latest = manager.latest_step()
   if latest is not None:
     state, _ = _restore(manager, latest, abstract)

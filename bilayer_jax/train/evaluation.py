@@ -59,8 +59,11 @@ def standing_statistics(stats_fn, state: Dict[str, Any], batches: Iterable[Mappi
   return {**state, 'model_state': model_state}
 
 
-def make_eval_fn(cfg: step_lib.StepConfig):
-  """jit: (generator variables, batch) -> (per-image metrics, output images for grids)."""
+def make_eval_fn(cfg: step_lib.StepConfig, num_images: int, out_sharding=None):
+  """jit: (generator variables, batch) -> (per-image metrics, the first `num_images` rows of the grid images).
+
+  `out_sharding` (e.g. replicated over the mesh) makes the outputs readable on every process.
+  """
   gen, _ = step_lib.make_models(cfg)
 
   def fn(gen_vars, batch):
@@ -72,9 +75,10 @@ def make_eval_fn(cfg: step_lib.StepConfig):
     real_m = image_metrics.to_unit_range(_frames(apply_mask(batch['target_imgs'], segs)))
     metrics = {'l1': image_metrics.l1(pred_m, real_m), 'psnr': image_metrics.psnr(pred_m, real_m),
                'ssim': image_metrics.ssim(pred_m, real_m)}
-    return metrics, sample_images(batch, out, cfg.fake_key)
+    columns = jax.tree_util.tree_map(lambda x: x[:num_images], sample_images(batch, out, cfg.fake_key))
+    return metrics, columns
 
-  return jax.jit(fn)
+  return jax.jit(fn, out_shardings=out_sharding)
 
 
 def _frames(x):

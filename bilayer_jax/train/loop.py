@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from bilayer_jax import model_io
 from bilayer_jax.data import demo
@@ -106,15 +107,25 @@ def _merge_init_params(cfg: step_lib.StepConfig, state, variables: Dict[str, Any
   return step_lib.init_state(cfg, step_lib.model_variables(merged)) | {'step': state['step']}
 
 
-def _write_params(workdir: str, cfg: step_lib.StepConfig, state, config) -> None:
-  """WORKDIR/params: the model variables as a params directory (replaced atomically)."""
+def _barrier(name: str, timeout_s: int = 3600) -> None:
+  """Waits until every process gets here (the coordination service's barrier, not a device collective)."""
+  if jax.process_count() > 1:
+    ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
+
+
+def _write_params(workdir: str, cfg: step_lib.StepConfig, state, config, replicated) -> None:
+  """WORKDIR/params: the model variables as a params directory (replaced atomically), written by process 0.
+
+  Every process must call this: gathering (FSDP-)sharded variables onto each host is a collective.
+  """
+  gathered = jax.jit(step_lib.model_variables, out_shardings=replicated)(state)
+  variables = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), gathered)
   if jax.process_index() != 0:
     return
   final = pathlib.Path(workdir) / 'params'
   staging = pathlib.Path(workdir) / 'params.new'
   if staging.exists():
     shutil.rmtree(staging)
-  variables = jax.device_get(step_lib.model_variables(state))
   model_io.save_params(staging, cfg.model, variables, {'trained_by': 'bilayer_jax', 'stage': cfg.stage,
                                                        'step': int(state['step']), 'config': config.to_json()})
   if final.exists():
@@ -147,8 +158,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
            'source_poses': jnp.zeros((config.batch_size, n, config.model.pse_in_channels)),
            'target_imgs': frames(t, 3), 'target_segs': frames(t, 1), 'target_stickmen': frames(t, 3),
            'target_poses': jnp.zeros((config.batch_size, t, config.model.pse_in_channels))}
-  variables_init = lambda: step_lib.init_variables(cfg, config.seed, dummy)
-  abstract_state = jax.eval_shape(lambda: step_lib.init_state(cfg, variables_init()))
+  shapes = step_lib.variable_shapes(cfg, dummy)
+  variables_init = lambda: step_lib.init_variables(cfg, config.seed, shapes)
+  abstract_state = jax.eval_shape(functools.partial(step_lib.init_state, cfg), shapes)
   state_sh = sharding.state_shardings(abstract_state, mesh, config.mesh.fsdp, config.mesh.fsdp_min_size)
   # Fresh variables are made on the host (every host the same, from the seed) and placed in their shards.
   init_jit = lambda: jax.jit(lambda v: step_lib.init_state(cfg, v), out_shardings=state_sh)(
@@ -158,19 +170,36 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
   state, source = checkpoints.restore_or_init(manager, config, abstract_state, state_sh, init_jit, merge)
   start = int(state['step'])
   logging.info('%s; starting at step %d of %d', source, start, num_steps)
-  if jax.process_index() == 0 and start == 0:
-    writer.write_hparams({k: str(v) for k, v in config.to_dict().items() if not isinstance(v, dict)})
-    for net, tree in state['params']['generator'].items():
-      parameter_overview.log_parameter_overview(tree, msg=f'{net} parameters')
-    parameter_overview.log_parameter_overview(state['params']['discriminator'], msg='discriminator parameters')
 
-  # --- compiled functions -------------------------------------------------------------------------
+  # --- compiled functions: all compiled up front, then the hosts synchronise --------------------------
+  # (with several processes, a host reaching its first collective long before the others times out)
+  abs_state = checkpoints.with_shardings(abstract_state, state_sh)
+  abs_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in dummy.items()}
+  abs_gen = step_lib.model_variables(abs_state)['generator']
+  compile_start = time.time()
   step_fn = jax.jit(functools.partial(step_lib.train_step, cfg), in_shardings=(state_sh, batch_sh, repl),
-                    out_shardings=(state_sh, repl), donate_argnums=(0,))
+                    out_shardings=(state_sh, repl), donate_argnums=(0,)).lower(abs_state, abs_batch,
+                                                                                perceptual).compile()
   stats_networks = tuple(n for n in setup._names(config.standing_stats.networks)
                          if n in cfg.generator_train_modes) if config.standing_stats.enabled else ()
-  stats_fn = evaluation.make_stats_fn(cfg, stats_networks) if stats_networks else None
-  eval_fn = evaluation.make_eval_fn(cfg)
+  stats_fn = evaluation.make_stats_fn(cfg, stats_networks).lower(abs_gen, abs_batch).compile() \
+      if stats_networks else None
+  eval_fn = evaluation.make_eval_fn(cfg, config.log.num_images, out_sharding=repl).lower(abs_gen,
+                                                                                          abs_batch).compile()
+  abs_sum = jax.jit(lambda tree: sum(jnp.sum(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)),
+                    out_shardings=repl).lower(abs_state['params']).compile()
+  compile_time = time.time() - compile_start
+  logging.info('compiled the train step, evaluation and statistics functions in %.1f s', compile_time)
+  _barrier(f'bilayer_jax/compiled/{stage}/{start}')
+  if start == 0:
+    if jax.process_index() == 0:
+      writer.write_hparams({k: str(v) for k, v in config.to_dict().items() if not isinstance(v, dict)})
+    # 'global': statistics of sharded arrays by collectives, so every process takes part (process 0 logs).
+    overview = dict(state['params']['generator'], discriminator=state['params']['discriminator'])
+    for net, tree in overview.items():
+      parameter_overview.log_parameter_overview(tree, include_stats='global', msg=f'{net} parameters',
+                                                jax_logging_process=0)
+  writer.write_scalars(start, {'perf/compile_time_s': compile_time})
 
   def with_standing_stats(st, step):
     if not stats_fn:
@@ -200,7 +229,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
   guard = checkpoints.PreemptionGuard()
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   train_iter = _batches(_dataset(config, config.data.train_split, _data_seed(config.seed, start)), batch_sh)
-  summary: Dict[str, Any] = {'start_step': start, 'source': source, 'losses': {}}
+  summary: Dict[str, Any] = {'start_step': start, 'source': source, 'metrics': {}}
   last_log, last_log_step = time.time(), start
   step = start
   try:
@@ -211,7 +240,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
         step += 1
         metrics = jax.device_get(metrics)
         _check_finite(metrics, step)
-        summary['losses'][step] = {k: float(v) for k, v in metrics.items() if k.startswith('loss/')}
+        summary['metrics'][step] = {k: float(v) for k, v in metrics.items()}
         report(step)
         if step % config.log.every_steps == 0 or step == num_steps:
           elapsed = time.time() - last_log
@@ -231,8 +260,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
         if eval_now and not preempted:
           summary['eval'] = run_eval(state, step)
         if save_now:
-          _check_finite({'params': np.asarray(float(sum(jnp.sum(jnp.abs(x)) for x in
-                                                           jax.tree_util.tree_leaves(state['params']))))}, step)
+          _check_finite({'params': np.asarray(abs_sum(state['params']))}, step)
           checkpoints.save(manager, step, state, {'step': step, 'stage': stage, 'seed': config.seed}, force=True)
           # Re-seed the data at every checkpoint: a resumed run then sees the same batches.
           train_iter = _batches(_dataset(config, config.data.train_split, _data_seed(config.seed, step)), batch_sh)
@@ -246,5 +274,5 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
     guard.close()
   summary['end_step'] = step
   if step >= num_steps:
-    _write_params(workdir, cfg, state, config)
+    _write_params(workdir, cfg, state, config, repl)
   return summary

@@ -217,20 +217,23 @@ def model_variables(state: State) -> Dict[str, Any]:
           'discriminator': {'params': state['params']['discriminator'], **state['model_state']['discriminator']}}
 
 
-def init_variables(cfg: StepConfig, seed: int, batch: Mapping[str, Array]) -> Dict[str, Any]:
-  """Fresh variables (numpy, PyTorch-default distributions) of all networks the stage uses.
-
-  Shapes come from `jax.eval_shape` of the modules' init and values from `host_init` (no compilation).
-  """
+def variable_shapes(cfg: StepConfig, batch: Mapping[str, Array]) -> Dict[str, Any]:
+  """Shapes/dtypes ({'generator': {collection: ...}, 'discriminator': ...}) of the stage's variables for a
+  batch of this structure (`jax.eval_shape` of the modules' init: traced, never compiled)."""
   gen, disc = make_models(cfg)
-  key = jax.random.PRNGKey(0)  # only traced by eval_shape; values come from `seed`
+  key = jax.random.PRNGKey(0)  # only traced
   gen_shapes = jax.eval_shape(lambda: gen.init({'params': key}, batch, pred_source_data=cfg.enhancer,
                                                 enhance=cfg.enhancer))
   n = batch['target_imgs'].shape[0] * batch['target_imgs'].shape[1]
   s = cfg.model.image_size
   dis_shapes = jax.eval_shape(lambda: disc.init({'params': key}, jnp.zeros((n, s, s, 3)), jnp.zeros((n, s, s, 3))))
-  return {'generator': host_init.initialize_like(gen_shapes, seed, cfg.model.eps),
-          'discriminator': host_init.initialize_like(dis_shapes, seed + 1, cfg.model.eps)}
+  return {'generator': gen_shapes, 'discriminator': dis_shapes}
+
+
+def init_variables(cfg: StepConfig, seed: int, shapes: Mapping[str, Any]) -> Dict[str, Any]:
+  """Fresh variables (numpy, PyTorch-default distributions, from `seed`) of the `variable_shapes`."""
+  return {'generator': host_init.initialize_like(shapes['generator'], seed, cfg.model.eps),
+          'discriminator': host_init.initialize_like(shapes['discriminator'], seed + 1, cfg.model.eps)}
 
 
 StepFn = Callable[[State, Mapping[str, Array], Optional[Mapping[str, Any]]], Tuple[State, Dict[str, Array]]]
