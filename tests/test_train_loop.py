@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -117,3 +118,21 @@ def test_sigterm_checkpoints_and_resumes(data_dir, tmp_path):
   assert resume.returncode == 0, resume.stderr[-3000:]
   assert f'resumed from this workdir at step {steps[0]}' in resume.stderr
   assert _steps(workdir)[-1] == steps[0] + 1
+
+
+def test_both_stages_base_then_enhancer(data_dir, tmp_path):
+  """stage 'both': the enhancer stage starts from the base stage's params and trains the enhancer only."""
+  config = train_utils.tiny_config(data_dir, stage='both', num_steps=2)
+  config.loss.per_vgg16_lpips_weight = 10.0  # the demo's perceptual loss, on the enhanced image here
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  assert summary['source'].startswith('initialised ') and summary['source'].endswith(str(tmp_path / 'base/params'))
+  assert summary['end_step'] == 2 and 'loss/G_VGG16' in summary['metrics'][2]
+  trained = {k.split('/')[1] for k in summary['metrics'][2] if k.startswith('grad_norm/')}
+  assert trained == {'texture_enhancer', 'discriminator'}
+  _, base, _ = model_io.load_params(tmp_path / 'base' / 'params')
+  _, enhanced, _ = model_io.load_params(tmp_path / 'enhancer' / 'params')
+  assert 'texture_enhancer' in enhanced['generator']['params']
+  for net in ('identity_embedder', 'inference_generator'):  # frozen in stage 2
+    for a, b in zip(jax.tree_util.tree_leaves(base['generator']['params'][net]),
+                    jax.tree_util.tree_leaves(enhanced['generator']['params'][net])):
+      np.testing.assert_array_equal(a, b)
