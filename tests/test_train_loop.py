@@ -136,3 +136,14 @@ def test_both_stages_base_then_enhancer(data_dir, tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves(base['generator']['params'][net]),
                     jax.tree_util.tree_leaves(enhanced['generator']['params'][net])):
       np.testing.assert_array_equal(a, b)
+
+
+def test_init_from_another_architecture_names_the_key(data_dir, uninterrupted, tmp_path):
+  """init_from a params directory of other widths: a clear error naming the directory, network and key."""
+  src, _ = uninterrupted
+  config = train_utils.tiny_config(data_dir, num_steps=1)
+  config.init_from = str(src / 'params')
+  config.model.pse_num_channels = 16  # the params were trained with 32
+  with pytest.raises(ValueError, match=r'params: generator/params/keypoints_embedder.*expected shape'):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / 'params').exists()

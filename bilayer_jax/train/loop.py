@@ -85,7 +85,17 @@ def _check_finite(metrics: Dict[str, Any], step: int) -> None:
                          '(the last checkpoint stays valid). Lower the learning rates or use float32.')
 
 
-def _merge_init_params(cfg: step_lib.StepConfig, state, variables: Dict[str, Any]):
+def _check_shapes(expected, found, where: str) -> None:
+  """Raises naming the first key whose shape differs (e.g. init_from made with another architecture)."""
+  exp = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
+  got = {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(found)[0]}
+  for key in sorted(set(exp) | set(got)):
+    if exp.get(key) != got.get(key):
+      raise ValueError(f'{where}{key}: expected shape {exp.get(key, "absent")}, found {got.get(key, "absent")} '
+                       '(the params directory was made for another architecture than this config)')
+
+
+def _merge_init_params(cfg: step_lib.StepConfig, state, variables: Dict[str, Any], source: str = 'init_from'):
   """Copies the networks present in imported variables into a fresh state (params and statistics)."""
   params, model_state = dict(state['params']), {k: dict(v) for k, v in state['model_state'].items()}
   gen_params = dict(params['generator'])
@@ -93,6 +103,10 @@ def _merge_init_params(cfg: step_lib.StepConfig, state, variables: Dict[str, Any
     for net, value in tree.items():
       if net not in gen_params:
         continue
+      current = gen_params[net] if collection == 'params' else state['model_state']['generator'].get(
+          collection, {}).get(net)
+      if current is not None:
+        _check_shapes(current, value, f'{source}: generator/{collection}/{net}')
       if collection == 'params':
         gen_params[net] = value
       else:
@@ -100,6 +114,7 @@ def _merge_init_params(cfg: step_lib.StepConfig, state, variables: Dict[str, Any
         model_state['generator'][collection] = {**model_state['generator'][collection], net: value}
   params['generator'] = gen_params
   if 'discriminator' in variables:
+    _check_shapes(params['discriminator'], variables['discriminator']['params'], f'{source}: discriminator/params')
     params['discriminator'] = variables['discriminator']['params']
     model_state['discriminator'] = {k: v for k, v in variables['discriminator'].items() if k != 'params'}
   merged = {**state, 'params': params, 'model_state': model_state}
@@ -166,7 +181,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
   init_jit = lambda: jax.jit(lambda v: step_lib.init_state(cfg, v), out_shardings=state_sh)(
       jax.device_put(variables_init(), sharding.replicated(mesh)))
   manager = checkpoints.make_manager(workdir, config.log.keep_checkpoints)
-  merge = lambda st, variables: jax.device_put(_merge_init_params(cfg, st, variables), state_sh)
+  merge = lambda st, variables: jax.device_put(_merge_init_params(cfg, st, variables, config.init_from), state_sh)
   state, source = checkpoints.restore_or_init(manager, config, abstract_state, state_sh, init_jit, merge)
   start = int(state['step'])
   logging.info('%s; starting at step %d of %d', source, start, num_steps)
