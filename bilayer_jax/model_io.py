@@ -15,6 +15,7 @@ import tempfile
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from bilayer_jax.models.config import BilayerConfig, NETWORK_NAMES
@@ -32,6 +33,17 @@ def networks_in(variables: Mapping[str, Any]) -> list:
   if 'discriminator' in variables:
     present.append('discriminator')
   return [n for n in NETWORK_NAMES if n in present]
+
+
+def check_shapes(expected: Any, found: Any, where: str) -> None:
+  """Raises ParamsDirError naming the first key whose shape differs or that is missing/extra (e.g. params
+  made for another architecture than the config)."""
+  exp = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
+  got = {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(found)[0]}
+  for key in sorted(set(exp) | set(got)):
+    if exp.get(key) != got.get(key):
+      raise ParamsDirError(f'{where}{key}: expected shape {exp.get(key, "absent")}, found {got.get(key, "absent")} '
+                           '(the params were made for another architecture than this config)')
 
 
 def _this_process_checkpointer() -> ocp.StandardCheckpointer:

@@ -23,9 +23,8 @@ def identity_grid(image_size: int) -> np.ndarray:
   return np.stack([u, v], axis=-1)[None]
 
 
-def grid_sample(image: Array, grid: Array) -> Array:
-  """Samples `image` (N, H, W, C) at `grid` (N, Ho, Wo, 2) -> (N, Ho, Wo, C), bilinear, zero padding."""
-  n, h, w, c = image.shape
+def _bilinear(grid: Array, h: int, w: int, gather) -> Array:
+  """Sum over the 4 bilinear corners of `gather(flat_index, valid_weight)` (zero padding outside)."""
   # Unnormalise exactly as PyTorch does for align_corners=False.
   x = ((grid[..., 0] + 1) * w - 1) / 2
   y = ((grid[..., 1] + 1) * h - 1) / 2
@@ -35,15 +34,38 @@ def grid_sample(image: Array, grid: Array) -> Array:
   y1 = y0 + 1
   wx1, wy1 = x - x0, y - y0
   wx0, wy0 = x1 - x, y1 - y
-  flat = image.reshape(n, h * w, c)
 
   def corner(xi, yi, weight):
     inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
     xc = jnp.clip(xi, 0, w - 1).astype(jnp.int32)
     yc = jnp.clip(yi, 0, h - 1).astype(jnp.int32)
-    index = (yc * w + xc).reshape(n, -1)
-    values = jnp.take_along_axis(flat, index[..., None], axis=1).reshape(grid.shape[:-1] + (c,))
-    return values * jnp.where(inside, weight, 0).astype(image.dtype)[..., None]
+    return gather(yc * w + xc, jnp.where(inside, weight, 0))
 
   return (corner(x0, y0, wx0 * wy0) + corner(x1, y0, wx1 * wy0) +
           corner(x0, y1, wx0 * wy1) + corner(x1, y1, wx1 * wy1))
+
+
+def grid_sample(image: Array, grid: Array) -> Array:
+  """Samples `image` (N, H, W, C) at `grid` (N, Ho, Wo, 2) -> (N, Ho, Wo, C), bilinear, zero padding."""
+  n, h, w, c = image.shape
+  # One flat gather over all N images (offsets n * H * W): its gradient is a plain scatter-add without
+  # batch dimensions, which the TFLite converter supports (the enhancer's inner gradient needs it).
+  flat = image.reshape(n * h * w, c)
+  offsets = (jnp.arange(n, dtype=jnp.int32) * (h * w)).reshape((n,) + (1,) * (grid.ndim - 2))
+
+  def gather(index, weight):
+    return jnp.take(flat, index + offsets, axis=0) * weight.astype(image.dtype)[..., None]
+
+  return _bilinear(grid, h, w, gather)
+
+
+def grid_sample_shared(image: Array, grid: Array) -> Array:
+  """Samples ONE image (H, W, C) at every grid of (N, Ho, Wo, 2): `grid_sample` with the image shared by
+  all N (the per-frame network's baked texture), without materialising N copies of it."""
+  h, w, c = image.shape
+  flat = image.reshape(h * w, c)
+
+  def gather(index, weight):
+    return jnp.take(flat, index, axis=0) * weight.astype(image.dtype)[..., None]
+
+  return _bilinear(grid, h, w, gather)

@@ -85,16 +85,6 @@ def _check_finite(metrics: Dict[str, Any], step: int) -> None:
                          '(the last checkpoint stays valid). Lower the learning rates or use float32.')
 
 
-def _check_shapes(expected, found, where: str) -> None:
-  """Raises naming the first key whose shape differs (e.g. init_from made with another architecture)."""
-  exp = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
-  got = {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(found)[0]}
-  for key in sorted(set(exp) | set(got)):
-    if exp.get(key) != got.get(key):
-      raise ValueError(f'{where}{key}: expected shape {exp.get(key, "absent")}, found {got.get(key, "absent")} '
-                       '(the params directory was made for another architecture than this config)')
-
-
 def _merge_init_params(cfg: step_lib.StepConfig, state, variables: Dict[str, Any], source: str = 'init_from'):
   """Copies the networks present in imported variables into a fresh state (params and statistics)."""
   params, model_state = dict(state['params']), {k: dict(v) for k, v in state['model_state'].items()}
@@ -106,7 +96,7 @@ def _merge_init_params(cfg: step_lib.StepConfig, state, variables: Dict[str, Any
       current = gen_params[net] if collection == 'params' else state['model_state']['generator'].get(
           collection, {}).get(net)
       if current is not None:
-        _check_shapes(current, value, f'{source}: generator/{collection}/{net}')
+        model_io.check_shapes(current, value, f'{source}: generator/{collection}/{net}')
       if collection == 'params':
         gen_params[net] = value
       else:
@@ -114,7 +104,7 @@ def _merge_init_params(cfg: step_lib.StepConfig, state, variables: Dict[str, Any
         model_state['generator'][collection] = {**model_state['generator'][collection], net: value}
   params['generator'] = gen_params
   if 'discriminator' in variables:
-    _check_shapes(params['discriminator'], variables['discriminator']['params'], f'{source}: discriminator/params')
+    model_io.check_shapes(params['discriminator'], variables['discriminator']['params'], f'{source}: discriminator/params')
     params['discriminator'] = variables['discriminator']['params']
     model_state['discriminator'] = {k: v for k, v in variables['discriminator'].items() if k != 'params'}
   merged = {**state, 'params': params, 'model_state': model_state}

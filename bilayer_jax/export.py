@@ -1,0 +1,149 @@
+r"""Export an avatar's per-frame network to TFLite or PyTorch, or params to the original's run layout.
+
+    python -m bilayer_jax.export --params DIR --source photo.jpg --format tflite [--quantize fp16|dynamic|int8] \
+        --out avatar.tflite [--with_init] [--driver video.mp4]
+    python -m bilayer_jax.export --params DIR --source photo.jpg --format torch --out avatar.pt
+    python -m bilayer_jax.export --params DIR --format original --out runs/exported [--epoch 1]
+
+tflite: the folded per-frame network of the photo's avatar (136 keypoints -> image + mask), with a .json
+  contract next to it; --with_init also writes <out>_init.tflite (crop, mask, stickman, pose -> avatar
+  arrays) and <out>_generic.tflite (poses + avatar arrays -> image + mask), so both halves run on a phone.
+  int8 is calibrated on the keypoints of --driver (default: the in-package talking-face clip).
+torch: a TorchScript file of `torch_frame_net.FrameNet` (load with torch.jit.load, no bilayer_jax needed).
+original: args.txt + checkpoints/<epoch>_<net>.pth (the original's code loads it); no photo needed.
+Every export is checked against the JAX model on driver poses; the script prints max |error| and PSNR.
+"""
+
+import pathlib
+
+from absl import app
+from absl import flags
+import numpy as np
+
+FLAGS = flags.FLAGS
+FORMATS = ('tflite', 'torch', 'original')
+
+
+class UsageError(ValueError):
+  """An unsupported combination of export options."""
+
+
+def _define_flags():
+  """Defines the command-line flags (only when run as a program)."""
+  flags.DEFINE_string('params', None, 'bilayer_jax params directory.')
+  flags.DEFINE_string('source', None, 'Source photo (tflite, torch).')
+  flags.DEFINE_enum('format', None, FORMATS, 'What to write.')
+  flags.DEFINE_enum('quantize', 'none', ['none', 'fp16', 'dynamic', 'int8'], 'TFLite quantisation.')
+  flags.DEFINE_string('out', None, 'Output file (.tflite / .pt) or directory (original).')
+  flags.DEFINE_bool('with_init', False, 'tflite: also write the avatar-init and generic per-frame models.')
+  flags.DEFINE_bool('enhance', None, 'Texture enhancer at init (default: if the params have one).')
+  flags.DEFINE_string('driver', None, 'Video whose keypoints calibrate int8 and check parity '
+                      '(default: the in-package clip).')
+  flags.DEFINE_string('landmarks', 'auto', 'Landmark backend (auto, dlib, face_alignment).')
+  flags.DEFINE_string('epoch', '1', 'original: epoch in the checkpoint names.')
+  flags.DEFINE_integer('batch', 1, 'tflite: frames per call.')
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+  """PSNR (dB) of two [-1, 1] images mapped to [0, 1] and clipped."""
+  a, b = (np.clip((np.asarray(x, np.float64) + 1) / 2, 0, 1) for x in (a, b))
+  mse = np.mean((a - b) ** 2)
+  return float('inf') if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+def driver_poses(anim, driver=None, max_frames: int = 120) -> np.ndarray:
+  """(K, 136) keypoints of a driving video's frames with a face (default: the in-package clip)."""
+  from bilayer_jax.inference import video  # pylint: disable=g-import-not-at-top
+  from data_prep import sources  # pylint: disable=g-import-not-at-top
+  frames = video.read_video(driver or sources.carphone_path(), max_frames)
+  poses = [p for _, p, _ in anim.preprocessor.driver_poses(frames) if p is not None]
+  if not poses:
+    raise UsageError(f'{driver or "the demo clip"}: no face found in any frame')
+  return np.stack(poses)
+
+
+def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none', with_init: bool = False,
+           enhance=None, driver=None, landmarks: str = 'auto', epoch: str = '1', batch: int = 1) -> dict:
+  """Runs one export (see module docstring); returns {'files': [...], 'checks': {...}}."""
+  if fmt not in FORMATS:
+    raise UsageError(f'--format {fmt!r}: expected one of {FORMATS}')
+  if fmt != 'tflite' and quantize != 'none':
+    raise UsageError(f'--quantize {quantize} applies to --format tflite only (got --format {fmt})')
+  if fmt == 'tflite' and with_init and quantize == 'int8':
+    raise UsageError('--with_init with --quantize int8: the init model supports none/fp16/dynamic only')
+  if fmt == 'original':
+    if source:
+      raise UsageError('--format original writes the parameters; it takes no --source')
+    from bilayer_jax.tools import export_torch  # pylint: disable=g-import-not-at-top
+    export_torch.export_params(params, out, epoch)
+    return {'files': [out], 'checks': {}}
+  if not source:
+    raise UsageError(f'--format {fmt} exports one avatar: --source photo is required')
+
+  from bilayer_jax.inference import animator as animator_lib  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.inference import folding  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.inference import preprocess  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.inference import video  # pylint: disable=g-import-not-at-top
+  anim = animator_lib.Animator.from_params(params)
+  anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks)
+  inputs = anim.preprocessor.source(video.read_image(source), name=source)
+  avatar = anim.init_avatar(inputs, enhance=enhance)
+  net = anim.fold(avatar)
+  poses = driver_poses(anim, driver)
+  # Up to 16 driver poses (a whole number of batches, repeated if the video is shorter).
+  check = np.resize(poses, (max(batch, min(16, len(poses)) // batch * batch), poses.shape[1]))
+  reference = np.asarray(folding.frame_forward(net.spec, net.arrays, check)['image'])
+  out_path = pathlib.Path(out)
+  files, checks = [], {}
+
+  if fmt == 'tflite':
+    from bilayer_jax.inference import tflite_export  # pylint: disable=g-import-not-at-top
+    path = tflite_export.export_frame_model(net, out_path, quantize, batch=batch, representative_poses=poses)
+    runner = tflite_export.LiteRunner(path)
+    images = np.concatenate([runner(check[i:i + batch])[0] for i in range(0, len(check), batch)])
+    files += [str(path), str(path.with_suffix('.json'))]
+    checks['frame'] = {'max_abs_error': float(np.abs(images - reference).max()), 'psnr_db': psnr(images, reference)}
+    if with_init:
+      if avatar.enhanced:
+        raise UsageError('--with_init needs --noenhance: the init TFLite model has no texture enhancer yet')
+      stem = out_path.with_suffix('')
+      generic = tflite_export.export_frame_model(net, f'{stem}_generic.tflite', quantize, batch=batch, baked=False)
+      init = tflite_export.export_init_model(anim.cfg, anim.variables, f'{stem}_init.tflite', quantize=quantize)
+      arrays = tflite_export.LiteRunner(init)(inputs.imgs[:, 0], inputs.segs[:, 0], inputs.stickmen[:, 0],
+                                              inputs.poses[:, 0])
+      generic_runner = tflite_export.LiteRunner(generic)
+      images = np.concatenate([generic_runner(check[i:i + batch], *arrays)[0] for i in range(0, len(check), batch)])
+      files += [str(p) for p in (generic, generic.with_suffix('.json'), init, init.with_suffix('.json'))]
+      checks['init+generic'] = {'max_abs_error': float(np.abs(images - reference).max()),
+                                'psnr_db': psnr(images, reference)}
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    from bilayer_jax.inference import torch_frame_net  # pylint: disable=g-import-not-at-top
+    module = torch.jit.script(torch_frame_net.FrameNet.from_folded(net))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f'.{out_path.name}.tmp')
+    torch.jit.save(module, str(tmp))
+    tmp.replace(out_path)
+    with torch.no_grad():
+      images = torch.jit.load(str(out_path))(torch.from_numpy(check))[0].permute(0, 2, 3, 1).numpy()
+    files.append(str(out_path))
+    checks['frame'] = {'max_abs_error': float(np.abs(images - reference).max()), 'psnr_db': psnr(images, reference)}
+  return {'files': files, 'checks': checks}
+
+
+def main(argv):
+  del argv
+  result = export(FLAGS.params, FLAGS.format, FLAGS.out, FLAGS.source, FLAGS.quantize, FLAGS.with_init,
+                  FLAGS.enhance, FLAGS.driver, FLAGS.landmarks, FLAGS.epoch, FLAGS.batch)
+  for f in result['files']:
+    size = pathlib.Path(f).stat().st_size if pathlib.Path(f).is_file() else None
+    print(f'wrote {f}' + (f' ({size / 1e6:.2f} MB)' if size else ''))
+  for name, check in result['checks'].items():
+    print(f'check {name} vs JAX on driver poses: max |error| {check["max_abs_error"]:.2e}, '
+          f'PSNR {check["psnr_db"]:.1f} dB')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  flags.mark_flags_as_required(['params', 'format', 'out'])
+  app.run(main)

@@ -1,0 +1,183 @@
+"""One-shot avatar inference: one photo -> an avatar (once) -> any number of rendered poses (per frame).
+
+    animator = Animator.from_params('runs/demo/enhancer/params')
+    avatar = animator.init_avatar(photo)              # detect, crop, mask, identity + texture (+ enhancer)
+    out = animator.render(avatar, poses)              # (T, 136) keypoints -> images, masks, layers
+    frames = animator.composite(out, background=(255, 255, 255))
+    for frame, out in animator.drive(avatar, video_frames): ...   # detect + crop + render driving frames
+
+The per-frame function is jit-compiled once per chunk size (poses are padded to `chunk` frames), so a
+video of any length reuses one executable; detection and avatar initialisation never run per frame.
+Runs on whatever JAX backend is installed (CPU, GPU, TPU).
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bilayer_jax import model_io
+from bilayer_jax.convert import original
+from bilayer_jax.inference import folding
+from bilayer_jax.inference import preprocess
+from bilayer_jax.models.bilayer import BilayerGenerator
+from bilayer_jax.models.config import BilayerConfig
+
+BASE_NETWORKS = ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator')
+
+
+@dataclasses.dataclass
+class Avatar:
+  """An initialised avatar: the per-frame network's inputs that depend only on the source photo."""
+  texture: jax.Array  # (1, S, S, 3) high-frequency texture (enhanced if `enhanced`)
+  adaptive: Any  # the inference projector's outputs (per-identity AdaBN and skip-conv parameters)
+  source: Optional[preprocess.SourceInputs]  # the preprocessed photo (None if given model-ready inputs)
+  enhanced: bool
+
+  def as_dict(self) -> Dict[str, Any]:
+    return {'texture': self.texture, 'adaptive': self.adaptive}
+
+
+class Animator:
+  """Initialises avatars from photos and renders them in any pose.
+
+  Args:
+    cfg: the architecture. variables: the generator's variables (`{'params', 'batch_stats', 'spectral'}`
+      with a subtree per network); the four base networks are required, the texture enhancer optional.
+    preprocessor: detection/crop/mask; by default a FacePreprocessor with the 'auto' landmark backend.
+    chunk: frames per jit call of `render` (a multiple of the poses is padded).
+  """
+
+  def __init__(self, cfg: BilayerConfig, variables: Mapping[str, Any],
+               preprocessor: Optional[preprocess.FacePreprocessor] = None, chunk: int = 8):
+    params = variables.get('params', {})
+    missing = [n for n in BASE_NETWORKS if n not in params]
+    if missing:
+      raise model_io.ParamsDirError(f'inference needs the networks {list(BASE_NETWORKS)}; missing {missing}')
+    self.has_enhancer = 'texture_enhancer' in params
+    expected = original.abstract_variables(cfg, with_enhancer=self.has_enhancer)['generator']
+    for collection, tree in expected.items():
+      for net, value in tree.items():
+        model_io.check_shapes(value, variables.get(collection, {}).get(net), f'generator/{collection}/{net}')
+    self.cfg = cfg
+    self.variables = {c: {n: v for n, v in tree.items() if n in expected.get(c, {})}
+                      for c, tree in variables.items()}
+    self.variables = jax.device_put(self.variables)
+    self.preprocessor = preprocessor or preprocess.FacePreprocessor(cfg.image_size)
+    self.chunk = chunk
+    self.generator = BilayerGenerator(cfg, with_enhancer=self.has_enhancer)
+    self._init_fn = jax.jit(functools.partial(self.generator.apply, method=BilayerGenerator.init_avatar),
+                            static_argnames='enhance')
+    self._render_fn = jax.jit(lambda v, avatar, poses: self.generator.apply(
+        v, avatar, poses[None], method=BilayerGenerator.render))
+
+  @classmethod
+  def from_params(cls, params_dir: str, **kwargs) -> 'Animator':
+    """From a bilayer_jax params directory (trained here, or imported with tools.import_torch)."""
+    cfg, variables, _ = model_io.load_params(params_dir)
+    try:
+      return cls(cfg, variables['generator'], **kwargs)
+    except model_io.ParamsDirError as e:
+      raise model_io.ParamsDirError(f'{params_dir}: {e}') from e
+
+  @classmethod
+  def from_original_run(cls, run_dir: str, epoch: Any, enh_run_dir: Optional[str] = None,
+                        enh_epoch: Optional[Any] = None, **kwargs) -> 'Animator':
+    """Directly from the original's run directories (args.txt + checkpoints/<epoch>_<net>.pth)."""
+    cfg, variables, _ = original.import_run(run_dir, epoch, enh_run_dir, enh_epoch)
+    return cls(cfg, variables['generator'], **kwargs)
+
+  # --- per avatar -------------------------------------------------------------------------------
+  def init_avatar(self, photo: Union[np.ndarray, preprocess.SourceInputs], enhance: Optional[bool] = None
+                  ) -> Avatar:
+    """Preprocesses the photo (uint8 RGB, any size) and initialises the avatar.
+
+    Args:
+      photo: the source photo, or already preprocessed `SourceInputs`.
+      enhance: run the texture enhancer (default: whenever the params have one).
+
+    Raises:
+      preprocess.NoFaceError: no face in the photo. ValueError: enhance=True without an enhancer.
+    """
+    enhance = self.has_enhancer if enhance is None else enhance
+    if enhance and not self.has_enhancer:
+      raise ValueError('these params have no texture_enhancer; use enhance=False')
+    source = photo if isinstance(photo, preprocess.SourceInputs) else self.preprocessor.source(photo)
+    out = self._init_fn(self.variables, jnp.asarray(source.imgs), jnp.asarray(source.segs),
+                        jnp.asarray(source.stickmen), jnp.asarray(source.poses), enhance=enhance)
+    return Avatar(texture=out['texture'], adaptive=out['adaptive'], source=source, enhanced=enhance)
+
+  def fold(self, avatar: Avatar) -> folding.FoldedFrameNet:
+    """The avatar's static per-frame network (for TFLite/PyTorch export)."""
+    return folding.fold_avatar(self.cfg, self.variables, avatar.as_dict())
+
+  # --- per frame --------------------------------------------------------------------------------
+  def render(self, avatar: Avatar, poses: np.ndarray) -> Dict[str, np.ndarray]:
+    """Renders (T, 136) keypoints in [-1, 1] -> numpy {'image': (T, S, S, 3) in [-1, 1] (lf + hf, not
+    masked), 'mask': (T, S, S, 1) in [0, 1], 'lf', 'hf': the two layers, 'uv': the warp grid}."""
+    poses = np.asarray(poses, np.float32).reshape(-1, self.cfg.pse_in_channels)
+    t = len(poses)
+    padded = np.concatenate([poses, np.repeat(poses[-1:], -t % self.chunk, axis=0)]) if t else poses
+    outs = []
+    for start in range(0, len(padded), self.chunk):
+      out = self._render_fn(self.variables, avatar.as_dict(), jnp.asarray(padded[start:start + self.chunk]))
+      outs.append(jax.device_get(out))
+    names = {'imgs': 'image', 'segs': 'mask', 'lf_rgbs': 'lf', 'hf_rgbs': 'hf', 'uvs': 'uv'}
+    return {new: np.concatenate([o[old][0] for o in outs])[:t] for old, new in names.items()
+            if outs and old in outs[0]}
+
+  @staticmethod
+  def composite(out: Mapping[str, np.ndarray], background: Union[Sequence[int], np.ndarray] = (255, 255, 255)
+                ) -> np.ndarray:
+    """Rendered outputs -> uint8 RGB frames composited onto a colour or a (H, W, 3) uint8 image."""
+    rgb = (np.clip(out['image'], -1, 1) + 1) / 2
+    mask = out.get('mask', np.ones(rgb.shape[:-1] + (1,), np.float32))
+    size = rgb.shape[1]
+    bg = np.asarray(background, np.float32)
+    if bg.ndim == 3:
+      bg = preprocess.images.resize_bicubic(np.asarray(background, np.uint8), size).astype(np.float32)
+    bg = np.broadcast_to(bg / 255, rgb.shape[1:])
+    return np.round((rgb * mask + bg * (1 - mask)) * 255).astype(np.uint8)
+
+  def drive(self, avatar: Avatar, frames: Iterable[np.ndarray], timings: Optional[Dict[str, float]] = None
+            ) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray], Dict[str, np.ndarray]]]:
+    """Renders the avatar with the poses of driving frames (detected and cropped per frame).
+
+    Yields (frame, driver crop or None, rendered outputs of this frame). Frames without a face reuse the
+    last detected pose (before the first face: the source photo's pose). Frames are rendered in chunks
+    of `chunk`; `timings` (if given) accumulates seconds under 'detect' and 'render'.
+    """
+    timings = {} if timings is None else timings
+    timings.setdefault('detect', 0.0)
+    timings.setdefault('render', 0.0)
+    last_pose = avatar.source.poses.reshape(-1) if avatar.source is not None else None
+    pending = []
+
+    def flush():
+      start = time.perf_counter()
+      out = self.render(avatar, np.stack([p for _, _, p in pending]))
+      timings['render'] += time.perf_counter() - start
+      for i, (frame, crop, _) in enumerate(pending):
+        yield frame, crop, {k: v[i] for k, v in out.items()}
+      pending.clear()
+
+    detections = self.preprocessor.driver_poses(frames)
+    while True:
+      start = time.perf_counter()
+      item = next(detections, None)
+      timings['detect'] += time.perf_counter() - start
+      if item is None:
+        break
+      frame, pose, crop = item
+      if pose is None and last_pose is None:
+        raise preprocess.NoFaceError('no face in the first driving frames and no source pose to fall back on')
+      last_pose = pose if pose is not None else last_pose
+      pending.append((frame, crop, last_pose))
+      if len(pending) == self.chunk:
+        yield from flush()
+    if pending:
+      yield from flush()

@@ -1,0 +1,222 @@
+"""TFLite export of both halves of inference, for phones (jax2tf -> TFLite converter, builtin ops only).
+
+Models (all float32 interfaces; the quantised variants quantise inside):
+* per-frame, baked (`export_frame_model`): one avatar's folded network with its texture as constants.
+    input  `poses`  (N, 136) float32: 68 (x, y) keypoints in the face crop, each / crop size * 2 - 1
+    output `image`  (N, S, S, 3) float32: lf + hf in [-1, 1] (nominal, not clamped), RGB
+    output `mask`   (N, S, S, 1) float32 in [0, 1]: person mask; display = rgb * mask + bg * (1 - mask)
+* per-frame, generic (`export_frame_model(..., baked=False)`): the same with the avatar arrays as inputs
+  after `poses`, in `avatar_input_names(spec)` order: what the init model outputs.
+* avatar init (`export_init_model`): the source crop -> the avatar arrays of the generic per-frame model.
+    inputs `source_img` (1, S, S, 3) in [-1, 1] (crop / 255 * 2 - 1), `source_seg` (1, S, S, 1) in [0, 1],
+    `source_stickman` (1, S, S, 3) in [-1, 1] (bilayer_jax.data.stickman rules), `source_pose` (1, 136)
+Quantisation: 'fp16' (float16 weights), 'dynamic' (int8 weights, float activations), 'int8' (int8
+weights and activations of the conv trunk calibrated on representative poses; the keypoint MLP and the
+warp stay float, see FLOAT_SCOPES; float32 in/out).
+Each export writes `<model>.json` next to the .tflite with the input/output names, shapes and ranges.
+"""
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from bilayer_jax.inference import folding
+from bilayer_jax.models.bilayer import BilayerGenerator
+from bilayer_jax.models.config import BilayerConfig
+
+QUANTIZATIONS = ('none', 'fp16', 'dynamic', 'int8')
+# Parts of the per-frame network (jax.named_scope names in folding.frame_forward) that int8 keeps in
+# float: the harmonic phases (an 8-bit pose moves sin(8 pi p) by ~0.1 rad) and the warp coordinates
+# (an 8-bit uv is ~1 texel at 256^2). Together they are < 1% of the multiply-adds.
+FLOAT_SCOPES = ('keypoint_mlp', 'warp')
+
+
+class ExportError(ValueError):
+  """An export request that cannot be honoured (unsupported combination, missing inputs)."""
+
+
+def avatar_input_names(arrays: Mapping[str, np.ndarray]) -> List[str]:
+  """The avatar-dependent folded arrays, in the generic per-frame model's input order."""
+  return sorted(k for k in arrays if folding.is_avatar_array(k))
+
+
+def _tf():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf
+
+
+def _convert(fn: Callable, specs: Sequence, quantize: str,
+             representative: Optional[Callable[[], Iterable[List[np.ndarray]]]] = None) -> bytes:
+  """jax function -> TFLite flatbuffer bytes (builtin ops only)."""
+  tf = _tf()
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  if quantize not in QUANTIZATIONS:
+    raise ExportError(f'quantize={quantize!r}: expected one of {QUANTIZATIONS}')
+  tf_fn = tf.function(jax2tf.convert(fn, with_gradient=False), autograph=False, input_signature=list(specs))
+
+  def converter():
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([tf_fn.get_concrete_function()])
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize != 'none':
+      conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == 'fp16':
+      conv.target_spec.supported_types = [tf.float16]
+    return conv
+
+  if quantize != 'int8':
+    return converter().convert()
+  if representative is None:
+    raise ExportError('int8 quantisation needs representative inputs (poses)')
+  # Full-integer conv trunk; the nodes under FLOAT_SCOPES stay float (selective quantisation).
+  from ai_edge_litert import interpreter  # pylint: disable=g-import-not-at-top
+  float_model = interpreter.Interpreter(model_content=converter().convert())
+  keep_float = [t['name'] for t in float_model.get_tensor_details()
+                if any(f'/{scope}/' in t['name'] for scope in FLOAT_SCOPES)]
+  conv = converter()
+  conv.representative_dataset = representative
+  debugger = tf.lite.experimental.QuantizationDebugger(
+      converter=conv, debug_dataset=representative,
+      debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep_float))
+  return debugger.get_nondebug_quantized_model()
+
+
+def _write(path: os.PathLike, model: bytes, contract: Mapping) -> pathlib.Path:
+  """Writes the .tflite and its .json contract atomically (temp name, then rename)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  for target, data in ((path.with_suffix('.json'), json.dumps(contract, indent=1).encode()), (path, model)):
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{target.name}.tmp-')
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, target)
+  return path
+
+
+def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize: str = 'none',
+                       batch: int = 1, baked: bool = True, representative_poses: Optional[np.ndarray] = None,
+                       low_res_upsample_conv: bool = False) -> pathlib.Path:
+  """Writes the per-frame model of a folded avatar as .tflite (+ .json contract). See module docstring.
+
+  Args:
+    net: the folded per-frame network (`Animator.fold`).
+    path: output .tflite path.
+    quantize: one of QUANTIZATIONS.
+    batch: frames per call (fixed input shape).
+    baked: bake the avatar arrays in as constants (False: they become inputs after `poses`).
+    representative_poses: (K, 136) poses for int8 calibration (e.g. a driving video's keypoints).
+    low_res_upsample_conv: see `folding.frame_forward` (False measured faster on the LiteRT CPU kernels).
+  """
+  tf = _tf()
+  spec, arrays = net.spec, net.arrays
+  avatar_names = [] if baked else avatar_input_names(arrays)
+  constants = {k: v for k, v in arrays.items() if k not in avatar_names}
+
+  def forward(poses, *avatar):
+    out = folding.frame_forward(spec, {**constants, **dict(zip(avatar_names, avatar))}, poses,
+                                low_res_upsample_conv=low_res_upsample_conv,
+                                quantization_friendly=quantize == 'int8')
+    return (out['image'], out['mask']) if spec.pred_segmentation else (out['image'],)
+
+  specs = [tf.TensorSpec((batch, 136), tf.float32, name='poses')]
+  specs += [tf.TensorSpec(arrays[k].shape, tf.float32, name=k) for k in avatar_names]
+  representative = None
+  if quantize == 'int8':
+    if representative_poses is None or not len(representative_poses):
+      raise ExportError('--quantize int8 needs representative poses (a driving video or recorded keypoints)')
+    poses = np.asarray(representative_poses, np.float32).reshape(-1, 136)
+
+    def representative():
+      for i in range(0, len(poses) - batch + 1, batch):
+        yield [poses[i:i + batch]] + [arrays[k] for k in avatar_names]
+  model = _convert(forward, specs, quantize, representative)
+  s = spec.image_size
+  contract = {
+      'model': 'bilayer_jax per-frame network' + (' (baked avatar)' if baked else ' (generic)'),
+      'quantize': quantize,
+      'inputs': [{'name': 'poses', 'shape': [batch, 136], 'dtype': 'float32',
+                  'meaning': '68 (x, y) keypoints in the face crop, pixel / crop size * 2 - 1'}] +
+                [{'name': k, 'shape': list(arrays[k].shape), 'dtype': 'float32',
+                  'meaning': 'avatar array (an output of the init model)'} for k in avatar_names],
+      'outputs': [{'name': 'image', 'shape': [batch, s, s, 3], 'dtype': 'float32', 'range': '[-1, 1] nominal',
+                   'meaning': 'RGB = (image + 1) / 2, clamp to [0, 1]'}] +
+                 ([{'name': 'mask', 'shape': [batch, s, s, 1], 'dtype': 'float32', 'range': '[0, 1]',
+                    'meaning': 'person mask: rgb * mask + background * (1 - mask)'}] if spec.pred_segmentation
+                  else []),
+  }
+  return _write(path, model, contract)
+
+
+def export_init_model(cfg: BilayerConfig, variables: Mapping, path: os.PathLike, enhance: bool = False,
+                      quantize: str = 'none') -> pathlib.Path:
+  """Writes the avatar-initialisation model: source crop, mask, stickman, pose -> avatar arrays.
+
+  Its outputs, in `avatar_input_names` order, are the extra inputs of the generic per-frame model.
+  """
+  tf = _tf()
+  if enhance:
+    # The enhancer's inner gradient of the texture warp is a scatter-add; the TFLite converter emits it as
+    # STABLEHLO_SCATTER, which LiteRT 2.3's kernel rejects at allocation time ("Only update, Add, ...").
+    raise ExportError('the avatar-init TFLite model cannot include the texture enhancer yet (LiteRT cannot '
+                      'run the scatter-add of its inner gradient); export the enhanced avatar as a baked '
+                      'per-frame model instead, or the init model without --enhance')
+  if quantize == 'int8':
+    raise ExportError('the init model supports none/fp16/dynamic quantisation (int8 would need '
+                      'representative photos and loses the texture detail)')
+  gen = BilayerGenerator(cfg, with_enhancer=enhance)
+  s = cfg.image_size
+  names: List[str] = []
+
+  def init(img, seg, stickman, pose):
+    avatar = gen.apply(variables, img[:, None], seg[:, None], stickman[:, None], pose[:, None],
+                       enhance=enhance, method=BilayerGenerator.init_avatar)
+    adaptive = [tuple(a[0] for a in pair) for pair in avatar['adaptive']]
+    arrays = folding.fold_arrays(cfg, variables, avatar['texture'][0], adaptive)
+    names[:] = avatar_input_names(arrays)
+    return tuple(arrays[k] for k in names)
+
+  specs = [tf.TensorSpec((1, s, s, 3), tf.float32, name='source_img'),
+           tf.TensorSpec((1, s, s, 1), tf.float32, name='source_seg'),
+           tf.TensorSpec((1, s, s, 3), tf.float32, name='source_stickman'),
+           tf.TensorSpec((1, cfg.pse_in_channels), tf.float32, name='source_pose')]
+  model = _convert(init, specs, quantize)
+  contract = {
+      'model': 'bilayer_jax avatar initialisation' + (' with texture enhancer' if enhance else ''),
+      'quantize': quantize,
+      'inputs': [{'name': 'source_img', 'shape': [1, s, s, 3], 'range': '[-1, 1]',
+                  'meaning': 'face crop (data_prep.crop rule) RGB / 255 * 2 - 1'},
+                 {'name': 'source_seg', 'shape': [1, s, s, 1], 'range': '[0, 1]', 'meaning': 'person mask'},
+                 {'name': 'source_stickman', 'shape': [1, s, s, 3], 'range': '[-1, 1]',
+                  'meaning': 'keypoint drawing, bilayer_jax.data.stickman rules'},
+                 {'name': 'source_pose', 'shape': [1, cfg.pse_in_channels], 'range': '[-1, 1]',
+                  'meaning': 'keypoints as for the per-frame model'}],
+      'outputs': [{'name': k} for k in names],
+  }
+  return _write(path, model, contract)
+
+
+class LiteRunner:
+  """Runs an exported .tflite with the LiteRT interpreter; inputs/outputs in the model's declared order."""
+
+  def __init__(self, path: os.PathLike, num_threads: Optional[int] = None):
+    from ai_edge_litert import interpreter  # pylint: disable=g-import-not-at-top
+    self.interpreter = interpreter.Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count())
+    self.interpreter.allocate_tensors()
+    self.inputs = self.interpreter.get_input_details()
+    self.outputs = self.interpreter.get_output_details()
+
+  def __call__(self, *inputs: np.ndarray) -> List[np.ndarray]:
+    if len(inputs) != len(self.inputs):
+      raise ExportError(f'the model takes {len(self.inputs)} inputs, got {len(inputs)}')
+    for detail, value in zip(self.inputs, inputs):
+      self.interpreter.set_tensor(detail['index'], np.asarray(value, detail['dtype']))
+    self.interpreter.invoke()
+    return [self.interpreter.get_tensor(d['index']) for d in self.outputs]
+
+  def op_names(self) -> List[str]:
+    """The builtin op types the model uses (for checking there are no Flex/custom ops)."""
+    return sorted({op['op_name'] for op in self.interpreter._get_ops_details()})  # pylint: disable=protected-access
