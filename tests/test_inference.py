@@ -145,7 +145,11 @@ def test_params_of_another_config_are_rejected(small_run, tmp_path):
 def test_folded_network_matches_the_unfolded_render(anim, avatar, tmp_path):
   rng = np.random.default_rng(1)
   poses = (avatar.source.poses.reshape(1, -1) + rng.normal(0, 0.05, (5, 136))).astype(np.float32)
-  ref = anim.render(avatar, poses)
+  unfolded = animator_lib.Animator(anim.cfg, anim.variables, anim.preprocessor, folded=False)
+  unfolded_avatar = unfolded.init_avatar(avatar.source)
+  assert unfolded_avatar.frame_arrays is None
+  ref = unfolded.render(unfolded_avatar, poses)
+  np.testing.assert_allclose(anim.render(avatar, poses)['image'], ref['image'], atol=1e-3)
   net = anim.fold(avatar)
   # One per-channel affine per block input plus the final one: norm2 is folded into conv1.
   assert not any('norm2' in k for k in net.arrays)

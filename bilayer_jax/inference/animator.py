@@ -37,6 +37,7 @@ class Avatar:
   adaptive: Any  # the inference projector's outputs (per-identity AdaBN and skip-conv parameters)
   source: Optional[preprocess.SourceInputs]  # the preprocessed photo (None if given model-ready inputs)
   enhanced: bool
+  frame_arrays: Optional[Dict[str, jax.Array]] = None  # the folded per-frame network (folding.fold_arrays)
 
   def as_dict(self) -> Dict[str, Any]:
     return {'texture': self.texture, 'adaptive': self.adaptive}
@@ -50,10 +51,12 @@ class Animator:
       with a subtree per network); the four base networks are required, the texture enhancer optional.
     preprocessor: detection/crop/mask; by default a FacePreprocessor with the 'auto' landmark backend.
     chunk: frames per jit call of `render` (a multiple of the poses is padded).
+    folded: render with the avatar's folded static network (`folding`; measured 0.63x the time of the
+      unfolded graph at 256^2 on CPU, same outputs to float tolerance) instead of the training graph.
   """
 
   def __init__(self, cfg: BilayerConfig, variables: Mapping[str, Any],
-               preprocessor: Optional[preprocess.FacePreprocessor] = None, chunk: int = 8):
+               preprocessor: Optional[preprocess.FacePreprocessor] = None, chunk: int = 8, folded: bool = True):
     params = variables.get('params', {})
     missing = [n for n in BASE_NETWORKS if n not in params]
     if missing:
@@ -69,11 +72,15 @@ class Animator:
     self.variables = jax.device_put(self.variables)
     self.preprocessor = preprocessor or preprocess.FacePreprocessor(cfg.image_size)
     self.chunk = chunk
+    self.folded = folded
     self.generator = BilayerGenerator(cfg, with_enhancer=self.has_enhancer)
     self._init_fn = jax.jit(functools.partial(self.generator.apply, method=BilayerGenerator.init_avatar),
                             static_argnames='enhance')
     self._render_fn = jax.jit(lambda v, avatar, poses: self.generator.apply(
         v, avatar, poses[None], method=BilayerGenerator.render))
+    spec = folding.frame_net_spec(cfg)
+    self._fold_fn = jax.jit(lambda v, texture, adaptive: folding.fold_arrays(cfg, v, texture, adaptive))
+    self._folded_render_fn = jax.jit(lambda arrays, poses: folding.frame_forward(spec, arrays, poses))
 
   @classmethod
   def from_params(cls, params_dir: str, **kwargs) -> 'Animator':
@@ -109,7 +116,11 @@ class Animator:
     source = photo if isinstance(photo, preprocess.SourceInputs) else self.preprocessor.source(photo)
     out = self._init_fn(self.variables, jnp.asarray(source.imgs), jnp.asarray(source.segs),
                         jnp.asarray(source.stickmen), jnp.asarray(source.poses), enhance=enhance)
-    return Avatar(texture=out['texture'], adaptive=out['adaptive'], source=source, enhanced=enhance)
+    avatar = Avatar(texture=out['texture'], adaptive=out['adaptive'], source=source, enhanced=enhance)
+    if self.folded:
+      adaptive = [tuple(a[0] for a in pair) for pair in out['adaptive']]
+      avatar.frame_arrays = self._fold_fn(self.variables, out['texture'][0], adaptive)
+    return avatar
 
   def fold(self, avatar: Avatar) -> folding.FoldedFrameNet:
     """The avatar's static per-frame network (for TFLite/PyTorch export)."""
@@ -124,11 +135,14 @@ class Animator:
     padded = np.concatenate([poses, np.repeat(poses[-1:], -t % self.chunk, axis=0)]) if t else poses
     outs = []
     for start in range(0, len(padded), self.chunk):
-      out = self._render_fn(self.variables, avatar.as_dict(), jnp.asarray(padded[start:start + self.chunk]))
-      outs.append(jax.device_get(out))
-    names = {'imgs': 'image', 'segs': 'mask', 'lf_rgbs': 'lf', 'hf_rgbs': 'hf', 'uvs': 'uv'}
-    return {new: np.concatenate([o[old][0] for o in outs])[:t] for old, new in names.items()
-            if outs and old in outs[0]}
+      chunk = jnp.asarray(padded[start:start + self.chunk])
+      if avatar.frame_arrays is not None:
+        outs.append(jax.device_get(self._folded_render_fn(avatar.frame_arrays, chunk)))
+      else:
+        out = jax.device_get(self._render_fn(self.variables, avatar.as_dict(), chunk))
+        names = {'imgs': 'image', 'segs': 'mask', 'lf_rgbs': 'lf', 'hf_rgbs': 'hf', 'uvs': 'uv'}
+        outs.append({new: out[old][0] for old, new in names.items() if old in out})
+    return {k: np.concatenate([o[k] for o in outs])[:t] for k in (outs[0] if outs else {})}
 
   @staticmethod
   def composite(out: Mapping[str, np.ndarray], background: Union[Sequence[int], np.ndarray] = (255, 255, 255)

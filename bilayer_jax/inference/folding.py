@@ -181,6 +181,14 @@ def _leaky_relu_sum(x: Array) -> Array:
   return LEAKY_SLOPE * x + (1 - LEAKY_SLOPE) * jax.nn.relu(x)
 
 
+def _upsample2x(x: Array) -> Array:
+  """Nearest x2 upsampling as concatenations + reshapes (same values as layers.upsample_nearest2x): the
+  broadcasts of jnp.repeat become BROADCAST_TO in TFLite, which XNNPACK does not run."""
+  n, h, w, c = x.shape
+  x = jnp.concatenate([x, x], axis=-1).reshape(n, h, 2 * w, c)  # each pixel twice along the width
+  return jnp.concatenate([x, x], axis=2).reshape(n, 2 * h, 2 * w, c)  # each row twice
+
+
 def _conv(x: Array, kernel: Array, bias: Array) -> Array:
   k = kernel.shape[0]
   y = jax.lax.conv_general_dilated(x, kernel, (1, 1), [(k // 2, k // 2)] * 2,
@@ -224,8 +232,8 @@ def frame_forward(spec: FrameNetSpec, arrays: Mapping[str, Array], poses: Array,
     if low_res_upsample_conv:
       h = layers.conv3x3_after_upsample(h, a[f'block{k}_conv2_kernel']) + a[f'block{k}_conv2_bias']
     else:
-      h = _conv(layers.upsample_nearest2x(h), a[f'block{k}_conv2_kernel'], a[f'block{k}_conv2_bias'])
-    skip = layers.upsample_nearest2x(x @ a[f'block{k}_skip_kernel'] + a[f'block{k}_skip_bias'])
+      h = _conv(_upsample2x(h), a[f'block{k}_conv2_kernel'], a[f'block{k}_conv2_bias'])
+    skip = _upsample2x(x @ a[f'block{k}_skip_kernel'] + a[f'block{k}_skip_bias'])
     x = h + skip
   x = _leaky(x * a['final_scale'] + a['final_shift'])
   y = _conv(x, a['heads_kernel'], a['heads_bias'])
@@ -237,10 +245,3 @@ def frame_forward(spec: FrameNetSpec, arrays: Mapping[str, Array], poses: Array,
   if spec.pred_segmentation:
     out['mask'] = jax.nn.sigmoid(y[..., 5:6])
   return out
-
-
-def folded_outputs(net: FoldedFrameNet, poses: Array, names: Sequence[str] = ('image', 'mask'),
-                   **kwargs) -> Dict[str, Array]:
-  """`frame_forward` restricted to `names` (what the exported models output)."""
-  out = frame_forward(net.spec, net.arrays, poses, **kwargs)
-  return {n: out[n] for n in names if n in out}

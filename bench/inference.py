@@ -1,0 +1,175 @@
+r"""Inference benchmark at the paper configuration (256^2, batch 1, CPU): per-frame latency of every
+runtime the avatar can be shipped in, avatar-init latency, model sizes and quantised quality.
+
+    python bench/inference.py [--runs 30] [--threads N] [--out_dir DIR] [--original_repo PATH]
+
+Rows (median of --runs after warm-up; runtimes run alternately so they see the same machine load):
+  JAX jit, unfolded    BilayerGenerator.render (keypoint MLP + AdaBN trunk + warp), the training graph
+  JAX jit, folded      folding.frame_forward of the avatar's static network (low-res upsample-convs):
+                       what Animator.render runs
+  TFLite fp32/fp16/dynamic/int8   the exported per-frame models on the LiteRT interpreter (threads = N)
+  PyTorch              torch_frame_net.FrameNet (eager, torch.set_num_threads(N))
+With --original_repo, the original's own per-frame path (keypoint MLP, gen_inf, grid_sample, add) runs
+on the same weights as the baseline (as in bench/forward.py). Weights are random with calibrated BN
+statistics (official weights cannot be downloaded here); the photo is scikit-image's astronaut
+and the poses come from the in-package talking-face clip, so quality figures use real inputs. PSNR is of
+each runtime's image against fp32 JAX over those poses. Reference: the original needs ~50 ms per frame
+on this machine class (spec §11.2; fp32 PyTorch).
+"""
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+
+
+from bilayer_jax import export as export_cli  # pylint: disable=g-import-not-at-top
+from bilayer_jax.convert import original
+from bilayer_jax.inference import animator as animator_lib
+from bilayer_jax.inference import folding
+from bilayer_jax.inference import preprocess
+from bilayer_jax.inference import tflite_export
+from bilayer_jax.models.bilayer import BilayerGenerator
+from bilayer_jax.models.config import BilayerConfig
+
+ORIGINAL_PER_FRAME_S = 0.050  # spec §11.2
+
+
+def _load_forward_bench():
+  """bench/forward.py as a module (not via sys.path: bench/data_prep.py would shadow the package)."""
+  spec = importlib.util.spec_from_file_location(
+      'forward_bench', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'forward.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+forward_bench = _load_forward_bench()
+
+
+def _medians(fns, runs):
+  for fn in fns.values():
+    fn()
+  times = {name: [] for name in fns}
+  for _ in range(runs):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def calibrated_variables(cfg):
+  """Random paper-config variables with BN statistics calibrated by one standing-statistics pass (as
+  bench/forward.py: uncalibrated random nets produce denormals that slow PyTorch down ~20x)."""
+  gen = BilayerGenerator(cfg)
+  batch = forward_bench._inputs(cfg)  # pylint: disable=protected-access
+  gen_vars = jax.jit(lambda: gen.init(jax.random.PRNGKey(0), {**batch}, pred_source_data=True, enhance=True))()
+  _, stats = jax.jit(lambda v, b: gen.apply(v, b, train=original.BASE_NETWORKS + ('texture_enhancer',),
+                                            pred_source_data=True, enhance=True, mutable=['batch_stats']))(
+                                                gen_vars, {**batch, 'target_imgs': batch['source_imgs']})
+  return {**gen_vars, **stats}, batch
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--runs', type=int, default=30)
+  parser.add_argument('--threads', type=int, default=os.cpu_count())
+  parser.add_argument('--out_dir', default=None)
+  parser.add_argument('--original_repo', default=None,
+                      help='checkout of saic-violet/bilayer-model: its per-frame path as a same-run baseline')
+  args = parser.parse_args()
+  out_dir = args.out_dir or tempfile.mkdtemp(prefix='bilayer_bench_')
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.inference import torch_frame_net  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(args.threads)
+
+  cfg = BilayerConfig()
+  print(f'paper config 256^2, batch 1, {args.threads} threads, jax {jax.__version__} on {jax.devices()[0].platform}')
+  variables, batch = calibrated_variables(cfg)
+  anim = animator_lib.Animator(cfg, variables,
+                               preprocessor=preprocess.FacePreprocessor(cfg.image_size, landmarks='dlib'), chunk=1)
+  source = anim.preprocessor.source(skimage.data.astronaut())
+  init_s = {}
+  for enhance in (False, True):
+    anim.init_avatar(source, enhance=enhance)  # compile
+    name = 'avatar init' + (' + enhancer' if enhance else '')
+    times = []
+    for _ in range(3):
+      start = time.perf_counter()
+      anim.init_avatar(source, enhance=enhance).texture.block_until_ready()
+      times.append(time.perf_counter() - start)
+    init_s[name] = statistics.median(times)
+  avatar = anim.init_avatar(source, enhance=False)
+  net = anim.fold(avatar)
+  poses = export_cli.driver_poses(anim, max_frames=60)
+  pose = poses[:1]
+
+  unfolded = lambda: anim._render_fn(anim.variables, avatar.as_dict(), pose)['imgs'].block_until_ready()  # pylint: disable=protected-access
+  arrays = {k: jax.device_put(v) for k, v in net.arrays.items()}
+  folded_fns = {lr: jax.jit(lambda p, lr=lr: folding.frame_forward(net.spec, arrays, p, low_res_upsample_conv=lr)['image'])
+                for lr in (True, False)}
+  fns = {'JAX jit, unfolded': unfolded,
+         'JAX jit, folded': lambda: folded_fns[True](pose).block_until_ready(),
+         'JAX jit, folded (plain upsample)': lambda: folded_fns[False](pose).block_until_ready()}
+  reference = np.asarray(folding.frame_forward(net.spec, net.arrays, poses)['image'])
+  quality, sizes = {}, {}
+  for quantize in tflite_export.QUANTIZATIONS:
+    path = tflite_export.export_frame_model(net, os.path.join(out_dir, f'frame_{quantize}.tflite'), quantize,
+                                            representative_poses=poses)
+    runner = tflite_export.LiteRunner(path, num_threads=args.threads)
+    name = f'TFLite {quantize if quantize != "none" else "fp32"}'
+    fns[name] = lambda runner=runner: runner(pose)
+    images = np.concatenate([runner(poses[i:i + 1])[0] for i in range(len(poses))])
+    quality[name], sizes[name] = export_cli.psnr(images, reference), os.path.getsize(path)
+  module = torch_frame_net.FrameNet.from_folded(net)
+  torch_pose = torch.from_numpy(pose)
+  with torch.no_grad():
+    images = np.concatenate([module(torch.from_numpy(poses[i:i + 1]))[0].permute(0, 2, 3, 1).numpy()
+                             for i in range(len(poses))])
+  quality['PyTorch'] = export_cli.psnr(images, reference)
+  torch_path = os.path.join(out_dir, 'frame.pt')
+  torch.jit.save(torch.jit.script(module), torch_path)
+  sizes['PyTorch'] = os.path.getsize(torch_path)
+
+  def torch_call():
+    with torch.no_grad():
+      module(torch_pose)
+  fns['PyTorch'] = torch_call
+  init_path = tflite_export.export_init_model(cfg, anim.variables, os.path.join(out_dir, 'init.tflite'))
+  sizes['TFLite avatar-init fp32'] = os.path.getsize(init_path)
+  init_runner = tflite_export.LiteRunner(init_path, num_threads=args.threads)
+  init_inputs = (source.imgs[:, 0], source.segs[:, 0], source.stickmen[:, 0], source.poses[:, 0])
+  init_runner(*init_inputs)
+  start = time.perf_counter()
+  init_runner(*init_inputs)
+  init_s['TFLite avatar init fp32'] = time.perf_counter() - start
+
+  if args.original_repo:
+    fns['original PyTorch (this run)'] = forward_bench.bench_original(
+        args.original_repo, cfg, {'generator': variables}, batch)['per-frame render']
+  medians = _medians(fns, args.runs)
+  baseline = medians.get('original PyTorch (this run)', ORIGINAL_PER_FRAME_S)
+  label = 'vs original (this run)' if args.original_repo else 'vs original 50 ms'
+  print(f'\n{"per-frame runtime":34s} {"ms":>8s} {label:>24s} {"PSNR vs JAX":>12s} {"size MB":>8s}')
+  for name, seconds in medians.items():
+    psnr = f'{quality[name]:.1f} dB' if name in quality else ''
+    size = f'{sizes[name] / 1e6:.2f}' if name in sizes else ''
+    print(f'{name:34s} {seconds * 1e3:8.1f} {seconds / baseline:23.2f}x {psnr:>12s} {size:>8s}')
+  print(f'\n{"per-avatar":34s} {"s":>8s}')
+  for name, seconds in init_s.items():
+    print(f'{name:34s} {seconds:8.2f}')
+  print(f'TFLite avatar-init model: {sizes["TFLite avatar-init fp32"] / 1e6:.1f} MB; files in {out_dir}')
+
+
+if __name__ == '__main__':
+  main()
