@@ -88,6 +88,8 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
   anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks)
   inputs = anim.preprocessor.source(video.read_image(source), name=source)
   avatar = anim.init_avatar(inputs, enhance=enhance)
+  if fmt == 'tflite' and with_init and avatar.enhanced:  # checked before anything is written
+    raise UsageError('--with_init needs --noenhance: the init TFLite model has no texture enhancer yet')
   net = anim.fold(avatar)
   poses = driver_poses(anim, driver)
   # Up to 16 driver poses (a whole number of batches, repeated if the video is shorter).
@@ -104,8 +106,6 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
     files += [str(path), str(path.with_suffix('.json'))]
     checks['frame'] = {'max_abs_error': float(np.abs(images - reference).max()), 'psnr_db': psnr(images, reference)}
     if with_init:
-      if avatar.enhanced:
-        raise UsageError('--with_init needs --noenhance: the init TFLite model has no texture enhancer yet')
       stem = out_path.with_suffix('')
       generic = tflite_export.export_frame_model(net, f'{stem}_generic.tflite', quantize, batch=batch, baked=False)
       init = tflite_export.export_init_model(anim.cfg, anim.variables, f'{stem}_init.tflite', quantize=quantize)

@@ -163,10 +163,13 @@ def test_export_cli_formats_and_clear_errors(params_dir, photo_file, small_run, 
                           ({'fmt': 'tflite'}, '--source photo is required'),
                           ({'fmt': 'tflite', 'source': photo_file, 'quantize': 'int8', 'with_init': True},
                            'init model supports'),
-                          ({'fmt': 'onnx'}, 'expected one of')):
+                          ({'fmt': 'onnx'}, 'expected one of'),
+                          ({'fmt': 'tflite', 'source': photo_file, 'with_init': True, 'landmarks': 'dlib'},
+                           'needs --noenhance')):
     fmt = kwargs.pop('fmt')
     with pytest.raises(export_cli.UsageError, match=message):
-      export_cli.export(params_dir, fmt, str(tmp_path / 'x'), **kwargs)
+      export_cli.export(params_dir, fmt, str(tmp_path / 'x.out'), **kwargs)
+    assert not list(tmp_path.glob('x*')), message  # nothing written
 
 
 def dataclasses_replace_enhancer(cfg, other):

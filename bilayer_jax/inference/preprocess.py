@@ -72,12 +72,11 @@ class FacePreprocessor:
       self._segmentation = segmentation_lib.get_segmentation_backend(self._segmentation)
     return self._segmentation
 
-  def _crop(self, image: np.ndarray, lms: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(model-size uint8 crop, (136,) keypoints) for an image and its landmarks."""
-    crop, lms_in_crop = crop_lib.crop_face(image, lms, self.crop_size)
-    if self.crop_size != self.image_size:
-      crop = images.resize_bicubic(crop, self.image_size)
-    return crop, normalise_keypoints(lms_in_crop, self.crop_size)
+  def _crop(self, image: np.ndarray, lms: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(model-size uint8 crop, (136,) keypoints, crop at crop_size) for an image and its landmarks."""
+    big_crop, lms_in_crop = crop_lib.crop_face(image, lms, self.crop_size)
+    crop = images.resize_bicubic(big_crop, self.image_size)  # unchanged when the sizes are equal
+    return crop, normalise_keypoints(lms_in_crop, self.crop_size), big_crop
 
   def source(self, photo: np.ndarray, name: str = 'source photo') -> SourceInputs:
     """Preprocesses the source photo (any size, uint8 RGB/RGBA/gray).
@@ -91,9 +90,8 @@ class FacePreprocessor:
       raise NoFaceError(f'{name}: no face found by the {self.landmarks.name} landmark detector '
                         f'(image {photo.shape[1]}x{photo.shape[0]}); use a photo with one clearly visible, '
                         'roughly frontal face')
-    crop, pose = self._crop(photo, lms)
+    crop, pose, big_crop = self._crop(photo, lms)
     # Masks are computed on the crop at the stored size and quantised to 8 bits, as the dataset stores them.
-    big_crop, _ = crop_lib.crop_face(photo, lms, self.crop_size)
     mask = np.round(np.clip(self.segmentation.segment(big_crop), 0, 1) * 255).astype(np.uint8)
     if self.crop_size != self.image_size:
       mask = images.resize_bicubic(mask[..., None], self.image_size)[..., 0]
@@ -115,7 +113,7 @@ class FacePreprocessor:
         yield frame, None, None
         continue
       try:
-        crop, pose = self._crop(frame, lms)
+        crop, pose, _ = self._crop(frame, lms)
       except ValueError:  # degenerate landmarks: treat as no face
         yield frame, None, None
         continue
