@@ -1,4 +1,4 @@
-r"""Trains bi-layer head avatars: `python run.py --config configs/<x>.py --workdir DIR`.
+r"""Trains (and evaluates) bi-layer head avatars: `python run.py --config configs/<x>.py --workdir DIR`.
 
   python run.py --config configs/demo.py --workdir runs/demo                 # both stages, tiny, CPU
   python run.py --config configs/paper_base.py --workdir runs/base \
@@ -23,6 +23,9 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard logs and params.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                  'train: train (resuming if possible); eval: run the evaluation protocol (config.eval) on the '
+                  'latest checkpoint of WORKDIR or on config.eval.params, writing WORKDIR/eval/<name>/.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-process training).')
 
 
@@ -55,8 +58,13 @@ def main(argv):
     jax.distributed.initialize(**kwargs)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # tf.data must not take accelerator memory
-  from bilayer_jax.train import loop  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(), jax.devices())
+  if FLAGS.mode == 'eval':
+    from bilayer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+    results = runner.evaluate(FLAGS.config, FLAGS.workdir)
+    logging.info('self-reenactment: %s', results['self_reenactment']['summary'])
+    return
+  from bilayer_jax.train import loop  # pylint: disable=g-import-not-at-top
   loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

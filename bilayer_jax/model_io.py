@@ -35,6 +35,18 @@ def networks_in(variables: Mapping[str, Any]) -> list:
   return [n for n in NETWORK_NAMES if n in present]
 
 
+def checked_array(state: Mapping[str, Any], key: str, shape: Tuple[int, ...], problems: list):
+  """state[key] as float32 if present with `shape`; otherwise appends a message naming the key to `problems`
+  and returns None (callers collect every problem of a weight file before raising)."""
+  if key not in state:
+    problems.append(f'missing key {key!r} (expected shape {shape})')
+    return None
+  if tuple(np.shape(state[key])) != tuple(shape):
+    problems.append(f'key {key!r}: expected shape {tuple(shape)}, found {tuple(np.shape(state[key]))}')
+    return None
+  return np.asarray(state[key], np.float32)
+
+
 def check_shapes(expected: Any, found: Any, where: str) -> None:
   """Raises ParamsDirError naming the first key whose shape differs or that is missing/extra (e.g. params
   made for another architecture than the config)."""

@@ -13,6 +13,7 @@ Sections:
   mesh.*                device mesh: data parallel by default, FSDP parameter sharding by switch
   standing_stats.*      BN statistics averaged over N batches before evaluation and checkpoints
   log.*                 logging / image / eval / checkpoint periods (steps), checkpoints kept
+  eval.*                the evaluation protocol and metrics (`run.py --mode=eval`, bilayer_jax.evaluators)
   init_from, resume     params dir (e.g. imported original weights) / another run's workdir
 """
 
@@ -101,6 +102,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.log.checkpoint_every_steps = 5000
   c.log.keep_checkpoints = 3
   c.log.num_images = 4
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.metrics = 'l1,psnr,ssim,lpips,csim_dlib,nme_dlib,fid'  # see bilayer_jax.evaluators.metrics
+  c.eval.periodic_metrics = 'l1,psnr,ssim,lpips'  # the trainer's periodic evaluation (image metrics only)
+  c.eval.source_frame = 0
+  c.eval.max_targets = 32  # target frames per video, spread evenly (0 = all)
+  c.eval.max_videos = 0  # 0 = every video of the split
+  c.eval.cross_identity = True
+  c.eval.mask = 'ground_truth'  # 'ground_truth' | 'predicted' | 'none'
+  c.eval.enhance = 'auto'  # 'auto' (when the params have an enhancer) | 'true' | 'false'
+  c.eval.params = ''  # '' = WORKDIR's latest checkpoint/params; or a params dir or an original run dir
+  c.eval.original_epoch = ''  # with an original run dir: the checkpoint epoch (e.g. 2225)
+  c.eval.original_enh_run_dir = ''  # optional enhancer run dir of the original
+  c.eval.original_enh_epoch = ''
+  c.eval.arcface_weights = ''  # IR-SE-50 .pth for csim_arcface
+  c.eval.grid_rows = 4
+  c.eval.name = ''  # output folder WORKDIR/eval/<name> ('' = derived from the evaluated params)
 
   c.init_from = ''  # params dir: `python -m bilayer_jax.tools.import_torch` output or a run's params/
   c.resume = ''  # another run's workdir: continue its latest checkpoint (full state)

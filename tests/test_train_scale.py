@@ -96,6 +96,10 @@ def test_two_processes_train_together_and_agree(tmp_path):
     assert r['end_step'] == 4 and sorted(r['metrics']) == ['1', '2', '3', '4']
   assert results[0]['metrics'] == results[1]['metrics']  # global values: bit-identical on both hosts
   assert results[0]['eval'] == results[1]['eval']
+  # The evaluation protocol: host 0 evaluates the demo's one test video, host 1 none; both get all frames.
+  assert results[0]['protocol'] == results[1]['protocol']
+  assert results[0]['protocol']['summary']['frames'] == 4 and np.isfinite(results[0]['protocol']['summary']['psnr'])
+  assert (workdir / 'eval').is_dir()
   assert all(np.isfinite(v) for m in results[0]['metrics'].values() for v in m.values())
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps == [2, 4]

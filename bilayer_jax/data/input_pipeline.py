@@ -85,9 +85,14 @@ def _select(example, index, *, num_samples: int, seed: tf.Tensor):
           'keypoints': tf.gather(example['keypoints'], idx)}
 
 
-def _decode(selected, *, image_size: int, stored_size: int, num_source: int,
-            thickness: int):
-  """Decodes and normalises the selected frames into the batch dict."""
+def decode_frames(selected, *, image_size: int, stored_size: int,
+                  num_source: int, thickness: int):
+  """Decodes and normalises the selected frames into the batch dict.
+
+  `selected`: {'frames', 'segs'} encoded bytes and 'keypoints' of k frames;
+  the first `num_source` become source_*, the rest target_*. Also used
+  eagerly by the evaluation protocol, so it sees exactly the training inputs.
+  """
   k = selected['frames'].shape[0]
   # INTEGER_ACCURATE is libjpeg's ISLOW, which PIL uses: identical pixels.
   imgs = tf.stack([tf.io.decode_jpeg(selected['frames'][i], channels=3,
@@ -200,10 +205,10 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
     ds = ds.shuffle(shuffle_buffer, seed=host_seed,
                     reshuffle_each_iteration=True)
   stored_size = builder.info.features['frames'].shape[1]
-  ds = ds.map(lambda s: _decode(s, image_size=image_size,
-                                stored_size=stored_size,
-                                num_source=num_source_frames,
-                                thickness=stickmen_thickness),
+  ds = ds.map(lambda s: decode_frames(s, image_size=image_size,
+                                      stored_size=stored_size,
+                                      num_source=num_source_frames,
+                                      thickness=stickmen_thickness),
               num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()

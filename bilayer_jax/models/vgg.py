@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilayer_jax import model_io
+
 Array = jax.Array
 
 _VGG_WIDTHS = {
@@ -108,13 +110,9 @@ def vgg_params_from_state_dict(spec: VGGSpec, state_dict: Dict[str, np.ndarray],
     expected = {'weight': (width, in_channels, 3, 3), 'bias': (width,)}
     entry = {}
     for leaf, shape in expected.items():
-      key = f'features.{index}.{leaf}'
-      if key not in state_dict:
-        problems.append(f'missing key {key!r}')
-      elif tuple(np.shape(state_dict[key])) != shape:
-        problems.append(f'key {key!r}: expected shape {shape}, found {tuple(np.shape(state_dict[key]))}')
-      else:
-        entry[leaf] = np.asarray(state_dict[key], np.float32)
+      array = model_io.checked_array(state_dict, f'features.{index}.{leaf}', shape, problems)
+      if array is not None:
+        entry[leaf] = array
     if len(entry) == 2:
       params[f'features_{index}'] = {'kernel': entry['weight'].transpose(2, 3, 1, 0), 'bias': entry['bias']}
     in_channels = width

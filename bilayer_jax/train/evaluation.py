@@ -6,8 +6,9 @@ with those BN layers in train mode and everything else in eval mode (no spectral
 
 Evaluation: eval-mode one-shot self-reenactment on held-out batches (source frame -> other frames of the
 same video, driven by their own keypoints). Predictions (without the predicted-mask compositing, as at
-inference) and targets are both composited with the ground-truth mask onto the -1 background, then
-compared in [0, 1]: L1, PSNR, SSIM.
+inference) and targets are both composited with the ground-truth mask onto the -1 background and compared
+with the evaluation suite's image metrics (`config.eval.periodic_metrics`: L1, PSNR, SSIM, LPIPS), the same
+functions and image rule as `run.py --mode=eval` (bilayer_jax.evaluators.metrics, mask 'ground_truth').
 """
 
 from typing import Any, Dict, Iterable, Mapping
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bilayer_jax.evaluators import image_metrics
+from bilayer_jax.evaluators import metrics as metrics_lib
 from bilayer_jax.models.bilayer import apply_mask
 from bilayer_jax.train import step as step_lib
 
@@ -59,22 +60,24 @@ def standing_statistics(stats_fn, state: Dict[str, Any], batches: Iterable[Mappi
   return {**state, 'model_state': model_state}
 
 
-def make_eval_fn(cfg: step_lib.StepConfig, num_images: int, out_sharding=None):
-  """jit: (generator variables, batch) -> (per-image metrics, the first `num_images` rows of the grid images).
+def make_eval_fn(cfg: step_lib.StepConfig, num_images: int, metric_names=('l1', 'psnr', 'ssim'), lpips=None,
+                 out_sharding=None):
+  """jit: (generator variables, batch, LPIPS variables or None) -> (per-image metrics, the first `num_images`
+  rows of the grid images).
 
-  `out_sharding` (e.g. replicated over the mesh) makes the outputs readable on every process.
+  `metric_names`: image metrics of bilayer_jax.evaluators.metrics ('lpips' needs `lpips`, an
+  evaluators.lpips.LPIPS whose variables are passed at call time). `out_sharding` (e.g. replicated over the
+  mesh) makes the outputs readable on every process.
   """
   gen, _ = step_lib.make_models(cfg)
+  image_fn = metrics_lib.image_metrics_fn(metric_names, lpips)
 
-  def fn(gen_vars, batch):
+  def fn(gen_vars, batch, lpips_vars):
     out = gen.apply(gen_vars, batch, train=(), inf_apply_masks=False, enh_apply_masks=False,
                     pred_source_data=cfg.enhancer, enhance=cfg.enhancer)
     pred = out[cfg.fake_key]
     segs = batch['target_segs']
-    pred_m = image_metrics.to_unit_range(_frames(apply_mask(pred, segs)))
-    real_m = image_metrics.to_unit_range(_frames(apply_mask(batch['target_imgs'], segs)))
-    metrics = {'l1': image_metrics.l1(pred_m, real_m), 'psnr': image_metrics.psnr(pred_m, real_m),
-               'ssim': image_metrics.ssim(pred_m, real_m)}
+    metrics = image_fn(lpips_vars, _frames(apply_mask(pred, segs)), _frames(apply_mask(batch['target_imgs'], segs)))
     columns = jax.tree_util.tree_map(lambda x: x[:num_images], sample_images(batch, out, cfg.fake_key))
     return metrics, columns
 

@@ -16,7 +16,7 @@ import os
 import pathlib
 import shutil
 import time
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator
 
 from absl import logging
 from clu import metric_writers
@@ -31,6 +31,8 @@ import orbax.checkpoint as ocp
 from bilayer_jax import model_io
 from bilayer_jax.data import demo
 from bilayer_jax.data import input_pipeline
+from bilayer_jax.evaluators import lpips as lpips_lib
+from bilayer_jax.evaluators import metrics as metrics_lib
 from bilayer_jax.train import checkpoints
 from bilayer_jax.train import evaluation
 from bilayer_jax.train import setup
@@ -104,7 +106,8 @@ def _merge_init_params(cfg: step_lib.StepConfig, state, variables: Dict[str, Any
         model_state['generator'][collection] = {**model_state['generator'][collection], net: value}
   params['generator'] = gen_params
   if 'discriminator' in variables:
-    model_io.check_shapes(params['discriminator'], variables['discriminator']['params'], f'{source}: discriminator/params')
+    model_io.check_shapes(params['discriminator'], variables['discriminator']['params'],
+                          f'{source}: discriminator/params')
     params['discriminator'] = variables['discriminator']['params']
     model_state['discriminator'] = {k: v for k, v in variables['discriminator'].items() if k != 'params'}
   merged = {**state, 'params': params, 'model_state': model_state}
@@ -189,8 +192,12 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
                          if n in cfg.generator_train_modes) if config.standing_stats.enabled else ()
   stats_fn = evaluation.make_stats_fn(cfg, stats_networks).lower(abs_gen, abs_batch).compile() \
       if stats_networks else None
-  eval_fn = evaluation.make_eval_fn(cfg, config.log.num_images, out_sharding=repl).lower(abs_gen,
-                                                                                          abs_batch).compile()
+  eval_names = [n for n in metrics_lib.parse_metrics(config.eval.periodic_metrics)
+                if n in metrics_lib.DEVICE_METRICS]
+  lpips = lpips_lib.LPIPS() if 'lpips' in eval_names else None
+  lpips_vars = jax.device_put(lpips.variables, repl) if lpips else None
+  eval_fn = evaluation.make_eval_fn(cfg, config.log.num_images, eval_names, lpips, out_sharding=repl).lower(
+      abs_gen, abs_batch, lpips_vars).compile()
   abs_sum = jax.jit(lambda tree: sum(jnp.sum(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)),
                     out_shardings=repl).lower(abs_state['params']).compile()
   compile_time = time.time() - compile_start
@@ -220,7 +227,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
     values = {}
     images = None
     for _ in range(config.log.eval_batches):
-      metrics, columns = eval_fn(gen_vars, next(batches))
+      metrics, columns = eval_fn(gen_vars, next(batches), lpips_vars)
       for k, v in jax.device_get(metrics).items():
         values.setdefault(k, []).append(np.asarray(v))
       images = images if images is not None else columns
@@ -255,7 +262,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
           writer.write_scalars(step, {**{k: float(v) for k, v in metrics.items()}, **rate})
           last_log, last_log_step = time.time(), step
         if step % config.log.image_every_steps == 0:
-          _, columns = eval_fn(step_lib.model_variables(state)['generator'], batch)
+          _, columns = eval_fn(step_lib.model_variables(state)['generator'], batch, lpips_vars)
           writer.write_images(step, {'train/samples': evaluation.image_grid(columns, config.log.num_images)[None]})
         preempted = guard.should_stop(manager, step)
         eval_now = step % config.log.eval_every_steps == 0 or step == num_steps

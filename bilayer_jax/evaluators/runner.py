@@ -1,0 +1,140 @@
+"""`python run.py --config ... --workdir DIR --mode=eval`: evaluate a checkpoint or imported weights.
+
+What is evaluated (first match):
+  1. `eval.params`: a bilayer_jax params directory (a run's params/, `tools.import_torch` output), or one of the
+     ORIGINAL's run directories (args.txt + checkpoints/<epoch>_<net>.pth; set `eval.original_epoch`, and
+     optionally `eval.original_enh_run_dir`/`eval.original_enh_epoch` for its texture enhancer);
+  2. WORKDIR's latest orbax checkpoint or WORKDIR/params, whichever is newer (stage 'both': WORKDIR/enhancer
+     before WORKDIR/base).
+Writes WORKDIR/eval/<name>/results.json, results.md and examples.png (source | target | prediction rows),
+each written to a temporary name and renamed (only process 0 writes).
+"""
+
+import json
+import os
+import pathlib
+from typing import Any, Dict, Optional, Tuple
+
+from absl import logging
+import jax
+import numpy as np
+from PIL import Image
+
+from bilayer_jax import model_io
+from bilayer_jax.data import demo
+from bilayer_jax.evaluators import metrics as metrics_lib
+from bilayer_jax.evaluators import protocol
+from bilayer_jax.evaluators import report
+from bilayer_jax.inference import animator as animator_lib
+
+
+def _stage_dirs(config, workdir: str):
+  if config.stage == 'both':
+    return [os.path.join(workdir, 'enhancer'), os.path.join(workdir, 'base')]
+  return [workdir]
+
+
+def _latest_step(stage_dir: str) -> Optional[int]:
+  """The newest complete checkpoint step in STAGE_DIR/checkpoints, or None."""
+  from bilayer_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
+  if not (pathlib.Path(stage_dir) / 'checkpoints').is_dir():
+    return None
+  manager = checkpoints.make_manager(stage_dir, keep=1_000_000)  # never deletes: only reads
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
+def _from_checkpoint(config, stage_dir: str, step: int) -> animator_lib.Animator:
+  """The generator of checkpoint `step` (full training state, restored as saved) as an Animator."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.train import setup  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  manager = checkpoints.make_manager(stage_dir, keep=1_000_000)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                             meta=ocp.args.JsonRestore()))
+  finally:
+    manager.close()
+  stage = restored['meta'].get('stage', 'base')
+  variables = jax.device_get(step_lib.model_variables(restored['state'])['generator'])
+  return animator_lib.Animator(setup.step_config(config, stage).model, variables)
+
+
+def load_animator(config, workdir: str) -> Tuple[animator_lib.Animator, str]:
+  """The model to evaluate (see module docstring) as an inference Animator, and where it came from.
+
+  In a workdir, the newest of the latest checkpoint and params/ wins; params/ (written at the end of a
+  stage, from the same state as its last checkpoint) is preferred at equal steps: it loads without the
+  optimiser state and on any number of hosts.
+  """
+  ev = config.eval
+  if ev.params:
+    if (pathlib.Path(ev.params) / 'args.txt').is_file():
+      if not ev.original_epoch:
+        raise ValueError(f'eval.params={ev.params} is an original run directory: set eval.original_epoch')
+      animator = animator_lib.Animator.from_original_run(
+          ev.params, ev.original_epoch, ev.original_enh_run_dir or None, ev.original_enh_epoch or None)
+      return animator, f'original run {ev.params} epoch {ev.original_epoch}'
+    return animator_lib.Animator.from_params(ev.params), f'params {ev.params}'
+  for stage_dir in _stage_dirs(config, workdir):
+    step = _latest_step(stage_dir)
+    params_dir = pathlib.Path(stage_dir) / 'params'
+    params_step = model_io.load_config(params_dir)[1]['metadata'].get('step', -1) if params_dir.is_dir() else None
+    if params_step is not None and (step is None or params_step >= step):
+      return animator_lib.Animator.from_params(str(params_dir)), f'{params_dir} (step {params_step})'
+    if step is not None:
+      return _from_checkpoint(config, stage_dir, step), f'{stage_dir} checkpoint step {step}'
+  raise model_io.ParamsDirError(f'nothing to evaluate: {workdir} has no checkpoint or params, and eval.params is '
+                                'not set')
+
+
+def settings_from(config) -> protocol.Settings:
+  ev = config.eval
+  enhance = {'auto': None, 'true': True, 'false': False}.get(str(ev.enhance).lower())
+  if str(ev.enhance).lower() not in ('auto', 'true', 'false'):
+    raise ValueError(f'eval.enhance={ev.enhance!r}: expected auto, true or false')
+  if ev.mask not in metrics_lib.MASK_MODES:
+    raise ValueError(f'eval.mask={ev.mask!r}: expected one of {metrics_lib.MASK_MODES}')
+  return protocol.Settings(source_frame=ev.source_frame, max_targets=ev.max_targets, max_videos=ev.max_videos,
+                           cross_identity=ev.cross_identity, mask=ev.mask, enhance=enhance,
+                           grid_rows=ev.grid_rows)
+
+
+def _atomic_write(path: pathlib.Path, write) -> None:
+  tmp = path.with_name(path.name + '.tmp')
+  write(tmp)
+  os.replace(tmp, path)
+
+
+def evaluate(config, workdir: str, progress: bool = True) -> Dict[str, Any]:
+  """Runs the protocol on config.data.eval_split and writes the report; returns the results."""
+  names = metrics_lib.parse_metrics(config.eval.metrics)
+  settings = settings_from(config)
+  evaluator = metrics_lib.FrameEvaluator(names, arcface_weights=config.eval.arcface_weights)
+  animator, description = load_animator(config, workdir)
+  data_dir = config.data.data_dir or None
+  if config.data.demo:
+    data_dir = demo.ensure_demo_dataset(data_dir)
+  data_dir = os.path.expanduser(data_dir or os.path.join('~', 'tensorflow_datasets'))
+  logging.info('evaluating %s on %s/%s', description, config.data.name, config.data.eval_split)
+  results = protocol.evaluate(animator, evaluator, data_dir, config.data.eval_split, config.data.name,
+                              settings, progress=progress)
+  results['model'] = {'evaluated': description, 'enhanced': bool(
+      animator.has_enhancer if settings.enhance is None else settings.enhance)}
+  grid = results.pop('grid')
+  name = config.eval.name or report.folder_name(description)
+  out_dir = pathlib.Path(workdir) / 'eval' / name
+  if jax.process_index() == 0:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / 'results.json',
+                  lambda p: p.write_text(json.dumps(report.jsonable(results), indent=1, allow_nan=True)))
+    _atomic_write(out_dir / 'results.md', lambda p: p.write_text(report.markdown(results)))
+    if grid is not None:
+      pixels = np.round((np.clip(grid, -1, 1) + 1) * 127.5).astype(np.uint8)
+      _atomic_write(out_dir / 'examples.png', lambda p: Image.fromarray(pixels).save(p, format='PNG'))
+    logging.info('wrote %s', out_dir)
+  results['output_dir'] = str(out_dir)
+  return results
