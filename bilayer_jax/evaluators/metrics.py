@@ -45,11 +45,6 @@ def parse_metrics(names: str) -> Tuple[str, ...]:
   return parsed
 
 
-def apply_mask(images, masks):
-  """x·m + (−1)(1−m): paint the background -1, as the model's training targets."""
-  return images * masks - (1 - masks)
-
-
 def select_masks(mode: str, true_masks, pred_masks):
   if mode not in MASK_MODES:
     raise ValueError(f'mask mode {mode!r}: expected one of {MASK_MODES}')

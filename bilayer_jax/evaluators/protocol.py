@@ -35,6 +35,7 @@ from bilayer_jax.data import input_pipeline
 from bilayer_jax.evaluators import fid as fid_lib
 from bilayer_jax.evaluators import metrics as metrics_lib
 from bilayer_jax.inference import preprocess
+from bilayer_jax.models.bilayer import apply_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,9 @@ class Video:
 def list_videos(data_dir: str, split: str, dataset_name: str) -> List[Video]:
   """The split's videos in the protocol's fixed order (first chunk of each video)."""
   builder = input_pipeline.load_builder(data_dir, dataset_name)
+  if split not in builder.info.splits:
+    raise ValueError(f'{dataset_name} in {data_dir} has no split {split!r} (it has '
+                     f'{sorted(builder.info.splits)}); set data.eval_split')
   files = sorted(os.path.join(builder.data_dir, f) for f in builder.info.splits[split].filenames)
   spec = {'person_id': tf.io.FixedLenFeature([], tf.string), 'video_id': tf.io.FixedLenFeature([], tf.string),
           'keypoints': tf.io.VarLenFeature(tf.float32)}
@@ -121,7 +125,7 @@ def pixel_keypoints(poses: np.ndarray, size: int) -> np.ndarray:
 
 
 def _masked(images, masks):
-  return images if masks is None else metrics_lib.apply_mask(images, masks)
+  return images if masks is None else apply_mask(images, masks)
 
 
 def _baselines(frames, mask_mode, image_fn) -> Dict[str, Dict[str, np.ndarray]]:
