@@ -41,11 +41,8 @@ def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
-  cache = os.environ.get('BILAYER_JAX_COMPILATION_CACHE',
-                         os.path.join(os.path.expanduser('~'), '.cache', 'bilayer_jax', 'jax_cache'))
-  if cache:  # reuse compiled train steps across runs and resumes (XLA compiles take minutes on a CPU)
-    jax.config.update('jax_compilation_cache_dir', cache)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 2.0)
+  from bilayer_jax import train  # pylint: disable=g-import-not-at-top
+  train.enable_compilation_cache()  # reuse compiled train steps across runs and resumes
   if FLAGS.distributed or os.environ.get('BILAYER_JAX_DISTRIBUTED'):
     if os.environ.get('BILAYER_JAX_CPU_COLLECTIVES'):  # multi-process on CPU (tests, laptops)
       jax.config.update('jax_cpu_collectives_implementation', os.environ['BILAYER_JAX_CPU_COLLECTIVES'])

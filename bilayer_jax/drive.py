@@ -9,13 +9,12 @@ prints a per-stage timing summary: source detection + avatar init (once), driver
 per-frame render (per frame). Driver frames without a face reuse the last pose.
 """
 
-import sys
 import time
 
 from absl import app
 from absl import flags
 import numpy as np
-import tqdm
+import tqdm.auto
 
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import preprocess
@@ -85,7 +84,7 @@ def drive(params: str, source: str, driver: str, out: str, *, side_by_side: bool
   stats = {'frames': 0, 'frames_without_face': 0}
 
   def frames():
-    bar = tqdm.tqdm(total=total, unit='frame', disable=not progress, file=sys.stderr)
+    bar = tqdm.auto.tqdm(total=total, unit='frame', disable=not progress)  # a widget in notebooks
     for frame, crop, out_frame in anim.drive(avatar, video.read_video(driver, max_frames), loop_timings):
       stats['frames'] += 1
       stats['frames_without_face'] += crop is None

@@ -14,6 +14,7 @@ original: args.txt + checkpoints/<epoch>_<net>.pth (the original's code loads it
 Every export is checked against the JAX model on driver poses; the script prints max |error| and PSNR.
 """
 
+import os
 import pathlib
 
 from absl import app
@@ -62,6 +63,58 @@ def driver_poses(anim, driver=None, max_frames: int = 120) -> np.ndarray:
   return np.stack(poses)
 
 
+def load_avatar(params: str, source: str, enhance=None, landmarks: str = 'auto'):
+  """(animator, preprocessed source, avatar) of the photo at `source` with the model in `params`."""
+  from bilayer_jax.inference import animator as animator_lib  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.inference import preprocess  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.inference import video  # pylint: disable=g-import-not-at-top
+  anim = animator_lib.Animator.from_params(params)
+  anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks)
+  inputs = anim.preprocessor.source(video.read_image(source), name=source)
+  return anim, inputs, anim.init_avatar(inputs, enhance=enhance)
+
+
+def check_poses(poses: np.ndarray, batch: int = 1, count: int = 16) -> np.ndarray:
+  """Up to `count` poses, a whole number of batches (repeated if there are fewer)."""
+  return np.resize(poses, (max(batch, min(count, len(poses)) // batch * batch), poses.shape[1]))
+
+
+def write_torchscript(net, path: os.PathLike) -> pathlib.Path:
+  """The folded per-frame network as a TorchScript file of `torch_frame_net.FrameNet` (atomic write)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.inference import torch_frame_net  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path)
+  module = torch.jit.script(torch_frame_net.FrameNet.from_folded(net))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f'.{path.name}.tmp')
+  torch.jit.save(module, str(tmp))
+  tmp.replace(path)
+  return path
+
+
+def run_torchscript(path: os.PathLike):
+  """A callable poses (N, 136) -> images (N, S, S, 3) of a file written by `write_torchscript`."""
+  import torch  # pylint: disable=g-import-not-at-top
+  module = torch.jit.load(str(path))
+
+  def run(poses: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+      return module(torch.from_numpy(np.asarray(poses, np.float32)))[0].permute(0, 2, 3, 1).numpy()
+  return run
+
+
+def run_tflite(path: os.PathLike, batch: int = 1, *avatar_arrays: np.ndarray):
+  """A callable poses (N, 136) -> images of a per-frame .tflite (N a multiple of its batch)."""
+  from bilayer_jax.inference import tflite_export  # pylint: disable=g-import-not-at-top
+  runner = tflite_export.LiteRunner(path)
+  return lambda poses: np.concatenate(
+      [runner(poses[i:i + batch], *avatar_arrays)[0] for i in range(0, len(poses), batch)])
+
+
+def compare(images: np.ndarray, reference: np.ndarray) -> dict:
+  return {'max_abs_error': float(np.abs(images - reference).max()), 'psnr_db': psnr(images, reference)}
+
+
 def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none', with_init: bool = False,
            enhance=None, driver=None, landmarks: str = 'auto', epoch: str = '1', batch: int = 1) -> dict:
   """Runs one export (see module docstring); returns {'files': [...], 'checks': {...}}."""
@@ -80,20 +133,13 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
   if not source:
     raise UsageError(f'--format {fmt} exports one avatar: --source photo is required')
 
-  from bilayer_jax.inference import animator as animator_lib  # pylint: disable=g-import-not-at-top
   from bilayer_jax.inference import folding  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.inference import preprocess  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.inference import video  # pylint: disable=g-import-not-at-top
-  anim = animator_lib.Animator.from_params(params)
-  anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks)
-  inputs = anim.preprocessor.source(video.read_image(source), name=source)
-  avatar = anim.init_avatar(inputs, enhance=enhance)
+  anim, inputs, avatar = load_avatar(params, source, enhance, landmarks)
   if fmt == 'tflite' and with_init and avatar.enhanced:  # checked before anything is written
     raise UsageError('--with_init needs --noenhance: the init TFLite model has no texture enhancer yet')
   net = anim.fold(avatar)
   poses = driver_poses(anim, driver)
-  # Up to 16 driver poses (a whole number of batches, repeated if the video is shorter).
-  check = np.resize(poses, (max(batch, min(16, len(poses)) // batch * batch), poses.shape[1]))
+  check = check_poses(poses, batch)
   reference = np.asarray(folding.frame_forward(net.spec, net.arrays, check)['image'])
   out_path = pathlib.Path(out)
   files, checks = [], {}
@@ -101,33 +147,20 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
   if fmt == 'tflite':
     from bilayer_jax.inference import tflite_export  # pylint: disable=g-import-not-at-top
     path = tflite_export.export_frame_model(net, out_path, quantize, batch=batch, representative_poses=poses)
-    runner = tflite_export.LiteRunner(path)
-    images = np.concatenate([runner(check[i:i + batch])[0] for i in range(0, len(check), batch)])
     files += [str(path), str(path.with_suffix('.json'))]
-    checks['frame'] = {'max_abs_error': float(np.abs(images - reference).max()), 'psnr_db': psnr(images, reference)}
+    checks['frame'] = compare(run_tflite(path, batch)(check), reference)
     if with_init:
       stem = out_path.with_suffix('')
       generic = tflite_export.export_frame_model(net, f'{stem}_generic.tflite', quantize, batch=batch, baked=False)
       init = tflite_export.export_init_model(anim.cfg, anim.variables, f'{stem}_init.tflite', quantize=quantize)
       arrays = tflite_export.LiteRunner(init)(inputs.imgs[:, 0], inputs.segs[:, 0], inputs.stickmen[:, 0],
                                               inputs.poses[:, 0])
-      generic_runner = tflite_export.LiteRunner(generic)
-      images = np.concatenate([generic_runner(check[i:i + batch], *arrays)[0] for i in range(0, len(check), batch)])
       files += [str(p) for p in (generic, generic.with_suffix('.json'), init, init.with_suffix('.json'))]
-      checks['init+generic'] = {'max_abs_error': float(np.abs(images - reference).max()),
-                                'psnr_db': psnr(images, reference)}
+      checks['init+generic'] = compare(run_tflite(generic, batch, *arrays)(check), reference)
   else:
-    import torch  # pylint: disable=g-import-not-at-top
-    from bilayer_jax.inference import torch_frame_net  # pylint: disable=g-import-not-at-top
-    module = torch.jit.script(torch_frame_net.FrameNet.from_folded(net))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f'.{out_path.name}.tmp')
-    torch.jit.save(module, str(tmp))
-    tmp.replace(out_path)
-    with torch.no_grad():
-      images = torch.jit.load(str(out_path))(torch.from_numpy(check))[0].permute(0, 2, 3, 1).numpy()
-    files.append(str(out_path))
-    checks['frame'] = {'max_abs_error': float(np.abs(images - reference).max()), 'psnr_db': psnr(images, reference)}
+    path = write_torchscript(net, out_path)
+    files.append(str(path))
+    checks['frame'] = compare(run_torchscript(path)(check), reference)
   return {'files': files, 'checks': checks}
 
 

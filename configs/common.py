@@ -102,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log.checkpoint_every_steps = 5000
   c.log.keep_checkpoints = 3
   c.log.num_images = 4
+  c.log.progress_bar = False  # a tqdm bar per stage (notebooks turn it on; logs are enough elsewhere)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.metrics = 'l1,psnr,ssim,lpips,csim_dlib,nme_dlib,fid'  # see bilayer_jax.evaluators.metrics

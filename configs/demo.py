@@ -16,8 +16,10 @@ from configs import common
 
 def get_config(arg=None):
   """`arg`: 'both' (default), 'base' or 'enhancer'."""
-  c = common.base_config()
-  c.stage = arg or 'both'
+  stage = arg or 'both'
+  # 'enhancer' alone (init_from a base run's params) trains only the enhancer + discriminator.
+  c = common.enhancer_config() if stage == 'enhancer' else common.base_config()
+  c.stage = stage
   c.model = common.model_config(
       image_size=64, emb_num_channels=8, emb_max_channels=16, tex_num_channels=8, tex_max_channels=16,
       inf_num_channels=4, inf_max_channels=8, pse_num_channels=32, dis_num_channels=8, dis_max_channels=32,

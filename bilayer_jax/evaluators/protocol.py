@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from bilayer_jax.data import input_pipeline
 from bilayer_jax.evaluators import fid as fid_lib

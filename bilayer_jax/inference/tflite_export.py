@@ -20,9 +20,8 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence
 
-import jax
 import numpy as np
 
 from bilayer_jax.inference import folding

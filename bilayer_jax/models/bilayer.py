@@ -13,7 +13,7 @@ network that is not in train mode runs with frozen statistics and passes no grad
 it under `no_grad`).
 """
 
-from typing import Any, Collection, Dict, Optional, Sequence, Tuple
+from typing import Any, Collection, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax

@@ -13,7 +13,7 @@ else in eval mode) is expressed: apply with `train=True, mutable=['batch_stats']
 """
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax

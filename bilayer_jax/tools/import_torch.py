@@ -27,13 +27,20 @@ def _define_flags():
   flags.DEFINE_string('out', None, 'Output params directory (must not exist).')
 
 
+def import_run(run_dir, epoch, enh_run_dir=None, enh_epoch=None, out=None):
+  """Imports the run(s) into the params directory `out` (must not exist); returns its path."""
+  cfg, variables, metadata = original.import_run(run_dir, epoch, enh_run_dir, enh_epoch)
+  metadata = {**metadata, 'imported_from': {'run_dir': str(run_dir), 'epoch': str(epoch),
+                                            'enh_run_dir': enh_run_dir and str(enh_run_dir),
+                                            'enh_epoch': enh_epoch and str(enh_epoch)}}
+  path = model_io.save_params(out, cfg, variables, metadata)
+  print(f'imported {", ".join(model_io.networks_in(variables))} -> {path}')
+  return path
+
+
 def main(argv):
   del argv
-  cfg, variables, metadata = original.import_run(FLAGS.run_dir, FLAGS.epoch, FLAGS.enh_run_dir, FLAGS.enh_epoch)
-  metadata = {**metadata, 'imported_from': {'run_dir': FLAGS.run_dir, 'epoch': FLAGS.epoch,
-                                            'enh_run_dir': FLAGS.enh_run_dir, 'enh_epoch': FLAGS.enh_epoch}}
-  out = model_io.save_params(FLAGS.out, cfg, variables, metadata)
-  print(f'imported {", ".join(model_io.networks_in(variables))} -> {out}')
+  import_run(FLAGS.run_dir, FLAGS.epoch, FLAGS.enh_run_dir, FLAGS.enh_epoch, FLAGS.out)
 
 
 if __name__ == '__main__':

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import tqdm.auto
 
 from bilayer_jax import model_io
 from bilayer_jax.data import demo
@@ -38,6 +39,10 @@ from bilayer_jax.train import evaluation
 from bilayer_jax.train import setup
 from bilayer_jax.train import sharding
 from bilayer_jax.train import step as step_lib
+
+
+# Shown next to the progress bar (config.log.progress_bar).
+_BAR_METRICS = ('loss/total', 'loss/G_L1')
 
 
 class NonFiniteError(FloatingPointError):
@@ -244,6 +249,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
   summary: Dict[str, Any] = {'start_step': start, 'source': source, 'metrics': {}}
   last_log, last_log_step = time.time(), start
   step = start
+  bar = tqdm.auto.tqdm(total=num_steps, initial=start, desc=f'{stage} stage', unit='step',
+                       disable=not config.log.progress_bar or jax.process_index() > 0)
   try:
     with metric_writers.ensure_flushes(writer):
       while step < num_steps:
@@ -254,12 +261,14 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
         _check_finite(metrics, step)
         summary['metrics'][step] = {k: float(v) for k, v in metrics.items()}
         report(step)
+        bar.update(1)
         if step % config.log.every_steps == 0 or step == num_steps:
           elapsed = time.time() - last_log
           rate = {'perf/step_time_s': elapsed / max(step - last_log_step, 1),
                   'perf/images_per_s': config.batch_size * config.data.num_target_frames *
                                        (step - last_log_step) / max(elapsed, 1e-9)}
           writer.write_scalars(step, {**{k: float(v) for k, v in metrics.items()}, **rate})
+          bar.set_postfix({k.split('/')[-1]: f'{float(metrics[k]):.3g}' for k in _BAR_METRICS if k in metrics})
           last_log, last_log_step = time.time(), step
         if step % config.log.image_every_steps == 0:
           _, columns = eval_fn(step_lib.model_variables(state)['generator'], batch, lpips_vars)
@@ -282,6 +291,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
           break
       manager.wait_until_finished()
   finally:
+    bar.close()
     manager.close()
     guard.close()
   summary['end_step'] = step
