@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = model_config()
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'voxceleb2'  # a tfds dataset built by `python -m data_prep.build` (name/config)
+  c.data.name = 'talking_heads/voxceleb2'  # tfds name of what `python -m data_prep.build --name voxceleb2` writes
   c.data.data_dir = ''  # tfds data_dir ('' = tfds default)
   c.data.demo = False  # build the in-package demo dataset on first use (configs/demo.py)
   c.data.train_split = 'train'

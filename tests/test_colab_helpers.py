@@ -1,7 +1,10 @@
 """The helpers behind colabs/*.ipynb (bilayer_jax.colab): install planning, runtime sizes, inputs, display of
 TensorBoard logs, configs and export checks. The notebooks themselves run in test_colabs.py."""
 
+import pathlib
 import stat
+import sys
+import zipfile
 
 import matplotlib
 import numpy as np
@@ -28,11 +31,12 @@ def test_install_plan_pins_jax_for_the_accelerator_and_keeps_torch_on_cpu():
   jax_pin = install.pinned_version(requirements, 'jax')
   assert jax_pin == install.pinned_version(requirements, 'jaxlib')
   cpu = install.plan(train_utils.REPO, 'cpu', python='py')
-  assert cpu[0] == ['py', '-m', 'pip', 'install', '-q', '-r', 'requirements.txt', '--extra-index-url',
+  assert cpu[0] == ['py', '-m', 'pip', 'uninstall', '-q', '-y', 'tensorflow']  # Colab's; tensorflow-cpu replaces it
+  assert cpu[1] == ['py', '-m', 'pip', 'install', '-q', '-r', 'requirements.txt', '--extra-index-url',
                     install.TORCH_CPU_INDEX]
-  assert cpu[-1] == ['py', '-m', 'data_prep.fetch_models'] and len(cpu) == 2
-  assert install.plan(train_utils.REPO, 'gpu', python='py')[1][-1] == f'jax[cuda12]=={jax_pin}'
-  assert install.plan(train_utils.REPO, 'tpu', python='py')[1][-1] == f'jax[tpu]=={jax_pin}'
+  assert cpu[-1] == ['py', '-m', 'data_prep.fetch_models'] and len(cpu) == 3
+  assert install.plan(train_utils.REPO, 'gpu', python='py')[2][-1] == f'jax[cuda12]=={jax_pin}'
+  assert install.plan(train_utils.REPO, 'tpu', python='py')[2][-1] == f'jax[tpu]=={jax_pin}'
   with pytest.raises(ValueError, match='accelerator'):
     install.plan(train_utils.REPO, 'npu')
   with pytest.raises(ValueError, match="pins no version of 'jax'"):
@@ -67,6 +71,13 @@ def test_install_runs_once_per_runtime_and_restarts_a_kernel_with_stale_modules(
   assert not install.install(tmp_path, 'gpu', force=True, run=run) and not calls  # marker: done already
   assert install.install(tmp_path, 'cpu', force=True, run=run, restart=lambda: None)  # other accelerator
   assert calls
+
+
+def test_failed_install_command_shows_its_output(capsys):
+  with pytest.raises(install.subprocess.CalledProcessError):
+    install.run_logged([sys.executable, '-c', 'import sys; print("resolver says no"); sys.exit(3)'], cwd='.')
+  assert 'resolver says no' in capsys.readouterr().out
+  install.run_logged([sys.executable, '-c', 'print(1)'], cwd='.')
 
 
 def test_install_failure_leaves_no_marker(tmp_path):
@@ -119,12 +130,15 @@ def test_resolve_inputs(tmp_path):
     media.resolve('', 'audio', tmp_path)
 
 
-def test_frames_for_display_and_drive_mounting():
+def test_frames_for_display_downloads_and_drive_mounting(tmp_path):
   assert media.spread_indices(3, 10) == [0, 4, 9]
   assert media.spread_indices(5, 2) == [0, 1] and media.spread_indices(1, 7) == [0] and media.spread_indices(2, 0) == []
   frames = media.video_frames(media.sample_video(), count=3, max_frames=10)
   assert len(frames) == 3 and frames[0].shape == (144, 176, 3) and frames[0].dtype == np.uint8
   assert not media.mount_drive_if_needed('runs/x', '')
+  archive = media.offer_download([media.sample_video()], pathlib.Path(tmp_path) / 'files.zip')
+  with zipfile.ZipFile(archive) as zf:
+    assert zf.namelist() == ['carphone_pristine.mp4']
   with pytest.raises(RuntimeError, match='only Colab can mount'):
     media.mount_drive_if_needed('runs/x', '/content/drive/MyDrive/weights')
 
@@ -198,3 +212,18 @@ def test_official_import_is_reused_only_for_the_same_run(fixtures_dir, tmp_path,
   assert 'using the weights imported earlier' in capsys.readouterr().out
   with pytest.raises(model_io.ParamsDirError, match='holds weights imported from .* epoch 1, not .* epoch 2'):
     workflows.import_official(str(fixtures_dir), '2', out=out)
+  with pytest.raises(model_io.ParamsDirError, match=r'epoch 1, not .* epoch 1 \+ enhancer /enh epoch 1'):
+    workflows.import_official(str(fixtures_dir), '1', '/enh', '1', out=out)
+
+
+def test_an_interrupted_training_cell_stops_run_all(monkeypatch, tmp_path):
+  """The trainer turns the notebook's interrupt (SIGINT) into a checkpoint and a normal return; the cell must
+  still stop "Run all" so that later cells do not train again or look for params that were never written."""
+  from bilayer_jax.train import loop  # pylint: disable=g-import-not-at-top
+  summary = {'source': 'initialised from scratch', 'start_step': 0, 'end_step': 3, 'preempted': True}
+  monkeypatch.setattr(loop, 'train_and_evaluate', lambda config, workdir: summary)
+  config = workflows.demo_config(runtime.detect(), 'base')
+  with pytest.raises(KeyboardInterrupt, match='interrupted at step 3: checkpoint saved'):
+    workflows.train(config, tmp_path)
+  summary['preempted'] = False
+  assert workflows.train(config, tmp_path) is summary

@@ -19,6 +19,8 @@ from typing import Callable, List, Optional, Sequence
 REPO_URL = 'https://github.com/bilayer-jax/bilayer_jax'
 # torch is only used for .pth I/O and parity checks: its CPU build avoids gigabytes of CUDA libraries.
 TORCH_CPU_INDEX = 'https://download.pytorch.org/whl/cpu'
+# The Python version the pins in requirements.txt were checked on.
+TESTED_PYTHON = (3, 11)
 # Written after a successful install; holds a hash of requirements.txt and the accelerator.
 MARKER = '.colab_installed'
 # Modules whose versions change with the install: if the kernel imported one before, it must restart.
@@ -55,7 +57,9 @@ def plan(repo_dir: os.PathLike, accelerator: str, python: str = sys.executable) 
     raise ValueError(f'accelerator {accelerator!r}: expected cpu, gpu or tpu')
   requirements = (pathlib.Path(repo_dir) / 'requirements.txt').read_text()
   pip = [python, '-m', 'pip', 'install', '-q']
-  commands = [pip + ['-r', 'requirements.txt', '--extra-index-url', TORCH_CPU_INDEX]]
+  # Colab preinstalls `tensorflow`; `tensorflow-cpu` (pinned) owns the same files, so remove it first.
+  commands = [[python, '-m', 'pip', 'uninstall', '-q', '-y', 'tensorflow'],
+              pip + ['-r', 'requirements.txt', '--extra-index-url', TORCH_CPU_INDEX]]
   jax_version = pinned_version(requirements, 'jax')
   if accelerator == 'gpu':
     commands.append(pip + [f'jax[cuda12]=={jax_version}'])
@@ -71,9 +75,16 @@ def _fingerprint(repo_dir: pathlib.Path, accelerator: str) -> str:
   return digest.hexdigest()
 
 
+def run_logged(command: List[str], cwd: str) -> None:
+  """Runs one install command, keeping its output; on failure prints the output's tail and raises."""
+  proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+  if proc.returncode != 0:
+    print((proc.stdout + proc.stderr)[-4000:])
+    raise subprocess.CalledProcessError(proc.returncode, command)
+
+
 def install(repo_dir: Optional[os.PathLike] = None, accelerator: Optional[str] = None, force: bool = False,
-            run: Callable[..., object] = subprocess.check_call, restart: Optional[Callable[[], None]] = None
-            ) -> bool:
+            run: Callable[..., object] = run_logged, restart: Optional[Callable[[], None]] = None) -> bool:
   """Installs what the notebooks need once per runtime; returns whether anything was installed.
 
   Args:
@@ -94,8 +105,14 @@ def install(repo_dir: Optional[os.PathLike] = None, accelerator: Optional[str] =
   if marker.exists() and marker.read_text() == fingerprint:
     print(f'bilayer_jax is already installed for {accelerator.upper()} in this runtime.')
     return False
+  if sys.version_info[:2] != TESTED_PYTHON:
+    print(f'Note: the pins were checked together on CPython {TESTED_PYTHON[0]}.{TESTED_PYTHON[1]}; this runtime '
+          f'has {sys.version_info[0]}.{sys.version_info[1]}. If pip cannot resolve them, the output below says '
+          'which package.')
   print(f'Installing bilayer_jax and its pinned requirements for {accelerator.upper()} (a few minutes)...')
-  for command in plan(repo, accelerator):
+  commands = plan(repo, accelerator)
+  for i, command in enumerate(commands, 1):
+    print(f'  [{i}/{len(commands)}] {" ".join(command[1:])}', flush=True)
     run(command, cwd=str(repo))
   marker.write_text(fingerprint)
   stale = sorted(m for m in _RELOAD_SENSITIVE if m in sys.modules)

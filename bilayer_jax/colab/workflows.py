@@ -90,8 +90,10 @@ def train(config: ml_collections.ConfigDict, workdir: os.PathLike) -> Dict[str, 
   summary = loop.train_and_evaluate(config, str(workdir))
   stage = 'enhancer' if config.stage == 'both' else config.stage  # 'both' reports its last stage
   stage_dir = pathlib.Path(workdir) / ('enhancer' if config.stage == 'both' else '')
-  print(f'{stage} stage: {summary["source"]}; trained steps {summary["start_step"]} -> {summary["end_step"]}'
-        + (' (stopped early: checkpoint saved)' if summary.get('preempted') else ''))
+  print(f'{stage} stage: {summary["source"]}; trained steps {summary["start_step"]} -> {summary["end_step"]}')
+  if summary.get('preempted'):  # stop "Run all" here: the cells after this one need the finished stage
+    raise KeyboardInterrupt(f'interrupted at step {summary["end_step"]}: checkpoint saved in {workdir}; run the '
+                            'cell again to continue from it')
   if summary.get('eval'):
     print('held-out evaluation:', ', '.join(f'{k.split("/")[-1]} {v:.3f}' for k, v in summary['eval'].items()))
   print(f'checkpoints: {stage_dir / "checkpoints"}   params: {stage_dir / "params"}')
@@ -126,10 +128,13 @@ def import_official(run_dir: str, epoch: str, enh_run_dir: str = '', enh_epoch: 
   from bilayer_jax.tools import import_torch  # pylint: disable=g-import-not-at-top
   if (pathlib.Path(out) / 'config.json').is_file():
     source = model_io.load_config(out)[1].get('metadata', {}).get('imported_from', {})
-    if (source.get('run_dir'), source.get('epoch')) != (str(run_dir), str(epoch)):
-      raise model_io.ParamsDirError(
-          f'{out} holds weights imported from {source.get("run_dir")} epoch {source.get("epoch")}, not '
-          f'{run_dir} epoch {epoch}: delete it or choose another output directory')
+    describe = lambda r, e, er, ee: f'{r} epoch {e}' + (f' + enhancer {er} epoch {ee}' if er else '')
+    wanted = (str(run_dir), str(epoch), enh_run_dir or None, (enh_epoch or None) and str(enh_epoch))
+    found = (source.get('run_dir'), source.get('epoch'), source.get('enh_run_dir') or None,
+             source.get('enh_epoch') or None)
+    if found != wanted:
+      raise model_io.ParamsDirError(f'{out} holds weights imported from {describe(*found)}, not '
+                                    f'{describe(*wanted)}: delete it or choose another output directory')
     print(f'using the weights imported earlier: {out}')
     return str(out)
   return str(import_torch.import_run(run_dir, epoch, enh_run_dir or None, enh_epoch or None, out))
@@ -210,7 +215,9 @@ def export_avatar(anim, avatar, out_dir: os.PathLike, runtime: runtime_lib.Runti
   check = export_cli.check_poses(poses)
   jax_fn = jax.jit(functools.partial(folding.frame_forward, net.spec))
   run_jax = lambda p: np.asarray(jax_fn(net.arrays, p)['image'])
-  reference = run_jax(check)
+  # The exports compute in float32: compare with float32 matmuls/convs (TPUs and TF32 GPUs default to less).
+  with jax.default_matmul_precision('float32'):
+    reference = run_jax(check)
   device = jax.devices()[0].platform.upper()
   runs = runtime.sizes.latency_runs
   rows = [{'runtime': f'JAX folded, jit ({device})', 'file': '-', 'MB': math.nan,
