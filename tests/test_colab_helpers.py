@@ -139,6 +139,9 @@ def test_frames_for_display_downloads_and_drive_mounting(tmp_path):
   archive = media.offer_download([media.sample_video()], pathlib.Path(tmp_path) / 'files.zip')
   with zipfile.ZipFile(archive) as zf:
     assert zf.namelist() == ['carphone_pristine.mp4']
+  with pytest.raises(FileNotFoundError, match='missing.tflite'):
+    media.offer_download([tmp_path / 'missing.tflite'], tmp_path / 'broken.zip')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['files.zip']  # no partial archive
   with pytest.raises(RuntimeError, match='only Colab can mount'):
     media.mount_drive_if_needed('runs/x', '/content/drive/MyDrive/weights')
 

@@ -40,7 +40,7 @@ def test_notebook_is_committed_thin_and_without_outputs(name):
   for cell in code:
     assert cell.outputs == [] and cell.execution_count is None, f'{name}: outputs not stripped'
     assert len(cell.source.splitlines()) <= MAX_CODE_CELL_LINES, cell.source
-  assert [c for c in code if 'parameters' in c.metadata.get('tags', [])].__len__() == 1
+  assert len([c for c in code if 'parameters' in c.metadata.get('tags', [])]) == 1
   assert install.REPO_URL in code[0].source and 'install.install()' in code[0].source
   assert nb.metadata.kernelspec.name == 'python3'
 

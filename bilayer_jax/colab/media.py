@@ -93,10 +93,13 @@ def offer_download(paths: Sequence[os.PathLike], archive: os.PathLike) -> str:
   downloads it to the user's computer; returns the archive's path."""
   archive = pathlib.Path(archive)
   tmp = archive.with_name(f'.{archive.name}.tmp')
-  with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as zf:
-    for path in paths:
-      zf.write(path, pathlib.Path(path).name)
-  tmp.replace(archive)
+  try:
+    with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as zf:
+      for path in paths:
+        zf.write(path, pathlib.Path(path).name)
+    tmp.replace(archive)
+  finally:
+    tmp.unlink(missing_ok=True)  # a failed zip leaves nothing that looks complete
   if 'google.colab' in sys.modules:
     from google.colab import files  # pylint: disable=g-import-not-at-top,import-error
     files.download(str(archive))
