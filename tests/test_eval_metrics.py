@@ -46,7 +46,7 @@ def test_psnr_ssim_l1_match_scikit_image(image_pairs):
                                                use_sample_covariance=False)
     np.testing.assert_allclose(psnr[i], ref_psnr, rtol=1e-4)
     np.testing.assert_allclose(ssim[i], ref_ssim, atol=2e-4)
-    np.testing.assert_allclose(l1[i], np.abs(ua[i] - ub[i]).mean(), rtol=1e-5)
+    np.testing.assert_allclose(l1[i], np.abs(ua[i] - ub[i]).mean(), rtol=1e-4)  # float32 sums, any order
 
 
 def _torch_lpips(weights, a, b):

@@ -10,7 +10,7 @@ for PyTorch users and runtimes (TorchScript, torch.export / ExecuTorch); it need
 """
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -18,15 +18,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from bilayer_jax.inference import folding
+from bilayer_jax.models import layers
 
 LEAKY_SLOPE = 0.2  # literal 0.2 in forward(): TorchScript cannot read module globals
 
 
-def _conv(kernel_hwio: np.ndarray, bias: np.ndarray) -> nn.Conv2d:
+def _conv(kernel_hwio: np.ndarray, bias: Optional[np.ndarray], padding: int = -1) -> nn.Conv2d:
+  """HWIO kernel -> Conv2d; padding -1 means "same" (k // 2)."""
   k, _, cin, cout = kernel_hwio.shape
-  conv = nn.Conv2d(cin, cout, k, padding=k // 2)
+  conv = nn.Conv2d(cin, cout, k, padding=k // 2 if padding < 0 else padding, bias=bias is not None)
   conv.weight.data = torch.from_numpy(np.array(np.transpose(kernel_hwio, (3, 2, 0, 1))))
-  conv.bias.data = torch.from_numpy(np.array(bias))
+  if bias is not None:
+    conv.bias.data = torch.from_numpy(np.array(bias))
   return conv
 
 
@@ -36,7 +39,11 @@ def _affine(scale: np.ndarray, shift: np.ndarray) -> Tuple[torch.Tensor, torch.T
 
 
 class UpBlock(nn.Module):
-  """affine -> lrelu -> conv1 (norm2 folded in) -> lrelu -> up -> conv2, plus up(1x1 conv(x))."""
+  """affine -> lrelu -> conv1 (norm2 folded in) -> lrelu -> up -> conv2, plus up(1x1 conv(x)).
+
+  conv2(up(h)) runs at the low resolution, as in `folding.frame_forward`: one 2x2 conv with the four output
+  phases as channel groups (`layers.upsample_phase_kernel`), then interleaved (16/36 of the multiply-adds).
+  """
 
   def __init__(self, arrays, k: int):
     super().__init__()
@@ -45,13 +52,19 @@ class UpBlock(nn.Module):
     self.register_buffer('norm1_scale', scale)
     self.register_buffer('norm1_shift', shift)
     self.conv1 = _conv(a('conv1_kernel'), a('conv1_bias'))
-    self.conv2 = _conv(a('conv2_kernel'), a('conv2_bias'))
+    kernel2 = np.asarray(a('conv2_kernel'), np.float32)
+    self.conv2_phases = _conv(layers.upsample_phase_kernel(kernel2), None, padding=1)
+    self.register_buffer('conv2_bias', torch.from_numpy(np.array(a('conv2_bias'))).view(1, -1, 1, 1))
     self.skip = _conv(a('skip_kernel')[None, None], a('skip_bias'))
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     h = F.leaky_relu(x * self.norm1_scale + self.norm1_shift, 0.2)
     h = F.leaky_relu(self.conv1(h), 0.2)
-    h = self.conv2(F.interpolate(h, scale_factor=2.0, mode='nearest'))
+    n, _, height, width = h.shape
+    z = self.conv2_phases(h)  # (N, 4 C, H + 1, W + 1), channels (a, b, C)
+    z = z.view(n, 2, 2, -1, height + 1, width + 1)
+    rows = [torch.stack([z[:, a, b, :, a:a + height, b:b + width] for b in (0, 1)], dim=-1) for a in (0, 1)]
+    h = torch.stack(rows, dim=3).reshape(n, -1, 2 * height, 2 * width) + self.conv2_bias  # (N, C, H, a, W, b)
     return h + F.interpolate(self.skip(x), scale_factor=2.0, mode='nearest')
 
 

@@ -77,6 +77,16 @@ def spectral_normalize(module: nn.Module, kernel: Array, weight_matrix: Array, t
 _PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], np.float32)
 
 
+def upsample_phase_kernel(kernel):
+  """The 2x2 HWIO kernel of `conv3x3_after_upsample` for a 3x3 HWIO kernel: output channels ordered
+  (a, b, Cout) for output phase (a, b). numpy in, numpy out (the PyTorch FrameNet); jax in, jax out."""
+  xp = np if isinstance(kernel, np.ndarray) else jnp
+  taps = xp.asarray(_PHASE_TAPS, kernel.dtype)
+  # (2 [a], 2 [b], 2 [ty], 2 [tx], Cin, Cout) -> (2 [ty], 2 [tx], Cin, (a, b, Cout)).
+  phased = xp.einsum('ayr,bxc,rcio->yxiabo', taps, taps, kernel)
+  return phased.reshape(2, 2, kernel.shape[2], 4 * kernel.shape[-1])
+
+
 def conv3x3_after_upsample(x: Array, kernel: Array) -> Array:
   """conv3x3(upsample_nearest2x(x)) with 'same' zero padding, computed at the LOW resolution.
 
@@ -87,10 +97,7 @@ def conv3x3_after_upsample(x: Array, kernel: Array) -> Array:
   """
   n, h, w, _ = x.shape
   cout = kernel.shape[-1]
-  taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)
-  # (2 [a], 2 [b], 2 [ty], 2 [tx], Cin, Cout) -> HWIO kernel with output channels ordered (a, b, Cout).
-  phased = jnp.einsum('ayr,bxc,rcio->yxiabo', taps, taps, kernel).reshape(2, 2, kernel.shape[2], 4 * cout)
-  z = jax.lax.conv_general_dilated(x, phased, window_strides=(1, 1), padding=[(1, 1), (1, 1)],
+  z = jax.lax.conv_general_dilated(x, upsample_phase_kernel(kernel), window_strides=(1, 1), padding=[(1, 1), (1, 1)],
                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))  # (N, H + 1, W + 1, 4 Cout)
   z = z.reshape(n, h + 1, w + 1, 2, 2, cout)
   rows = [jnp.stack([z[:, a:a + h, b:b + w, a, b] for b in (0, 1)], axis=3) for a in (0, 1)]
