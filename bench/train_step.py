@@ -135,6 +135,9 @@ def main():
   parser.add_argument('--threads', type=int, default=os.cpu_count(), help='torch threads of the original')
   parser.add_argument('--child', default='', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.original_repo and not os.path.isfile(os.path.join(args.original_repo, 'runners', 'default.py')):
+    sys.exit(f'--original_repo {args.original_repo}: not a checkout of saic-violet/bilayer-model '
+             '(expected runners/default.py in it)')
   if args.child:
     print('RESULT ' + json.dumps(_measure(args.child, args.steps)))
     return
