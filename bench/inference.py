@@ -13,11 +13,16 @@ With --original_repo, the original's own per-frame path (keypoint MLP, gen_inf, 
 on the same weights as the baseline (as in bench/forward.py). Weights are random with calibrated BN
 statistics (official weights cannot be downloaded here); the photo is scikit-image's astronaut
 and the poses come from the in-package talking-face clip, so quality figures use real inputs. PSNR is of
-each runtime's image against fp32 JAX over those poses. Reference: the original needs ~50 ms per frame
+each runtime's image against fp32 JAX over those poses; "LF PSNR" is the same for the low-frequency layer
+alone (the model exported again with a zero texture, so image = LF), which separates the trunk's error from
+the warp's: the random network's warp field is far rougher than a trained one's (the script prints its
+mean uv step between neighbouring pixels), and the warp turns every uv error into |texture gradient| of
+image error. Reference: the original needs ~50 ms per frame
 on this machine class (spec §11.2; fp32 PyTorch).
 """
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import statistics
@@ -121,16 +126,23 @@ def main():
   fns = {'JAX jit, unfolded': unfolded,
          'JAX jit, folded': lambda: folded_fns[True](pose).block_until_ready(),
          'JAX jit, folded (plain upsample)': lambda: folded_fns[False](pose).block_until_ready()}
-  reference = np.asarray(folding.frame_forward(net.spec, net.arrays, poses)['image'])
-  quality, sizes = {}, {}
+  outputs = folding.frame_forward(net.spec, net.arrays, poses)
+  reference, lf_reference = np.asarray(outputs['image']), np.asarray(outputs['lf'])
+  uv_step_px = float(np.abs(np.diff(np.asarray(outputs['uv']), axis=2)).mean()) * cfg.image_size / 2
+  lf_net = dataclasses.replace(net, arrays={**net.arrays, 'texture': np.zeros_like(net.arrays['texture'])})
+  quality, lf_quality, sizes = {}, {}, {}
   for quantize in tflite_export.QUANTIZATIONS:
-    path = tflite_export.export_frame_model(net, os.path.join(out_dir, f'frame_{quantize}.tflite'), quantize,
-                                            representative_poses=poses)
-    runner = tflite_export.LiteRunner(path, num_threads=args.threads)
     name = f'TFLite {quantize if quantize != "none" else "fp32"}'
-    fns[name] = lambda runner=runner: runner(pose)
-    images = np.concatenate([runner(poses[i:i + 1])[0] for i in range(len(poses))])
-    quality[name], sizes[name] = export_cli.psnr(images, reference), os.path.getsize(path)
+    for model, ref, table in ((net, reference, quality), (lf_net, lf_reference, lf_quality)):
+      path = tflite_export.export_frame_model(
+          model, os.path.join(out_dir, f'frame_{quantize}{"" if model is net else "_lf"}.tflite'), quantize,
+          representative_poses=poses)
+      runner = tflite_export.LiteRunner(path, num_threads=args.threads)
+      images = np.concatenate([runner(poses[i:i + 1])[0] for i in range(len(poses))])
+      table[name] = export_cli.psnr(images, ref)
+      if model is net:
+        fns[name] = lambda runner=runner: runner(pose)
+        sizes[name] = os.path.getsize(path)
   module = torch_frame_net.FrameNet.from_folded(net)
   torch_pose = torch.from_numpy(pose)
   with torch.no_grad():
@@ -160,11 +172,15 @@ def main():
   medians = _medians(fns, args.runs)
   baseline = medians.get('original PyTorch (this run)', ORIGINAL_PER_FRAME_S)
   label = 'vs original (this run)' if args.original_repo else 'vs original 50 ms'
-  print(f'\n{"per-frame runtime":34s} {"ms":>8s} {label:>24s} {"PSNR vs JAX":>12s} {"size MB":>8s}')
+  print(f'\n{"per-frame runtime":34s} {"ms":>8s} {label:>24s} {"PSNR vs JAX":>12s} {"LF PSNR":>8s} '
+        f'{"size MB":>8s}')
   for name, seconds in medians.items():
     psnr = f'{quality[name]:.1f} dB' if name in quality else ''
+    lf_psnr = f'{lf_quality[name]:.1f} dB' if name in lf_quality else ''
     size = f'{sizes[name] / 1e6:.2f}' if name in sizes else ''
-    print(f'{name:34s} {seconds * 1e3:8.1f} {seconds / baseline:23.2f}x {psnr:>12s} {size:>8s}')
+    print(f'{name:34s} {seconds * 1e3:8.1f} {seconds / baseline:23.2f}x {psnr:>12s} {lf_psnr:>8s} {size:>8s}')
+  print(f'warp field of this avatar: mean uv step between neighbouring pixels {uv_step_px:.2f} px '
+        '(a smooth warp moves well under 1 px per pixel)')
   print(f'\n{"per-avatar":34s} {"s":>8s}')
   for name, seconds in init_s.items():
     print(f'{name:34s} {seconds:8.2f}')

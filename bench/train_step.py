@@ -1,19 +1,22 @@
 r"""Training-step benchmark: steady-state step time, images/s, compile time, peak RSS (and FLOP/s, MFU).
 
-    python bench/train_step.py [--configs paper,demo] [--steps 5] [--peak_tflops X] [--original_repo PATH]
+    python bench/train_step.py [--configs paper,paper_released,demo] [--steps 5] [--peak_tflops X]
+                               [--original_repo PATH]
 
 Each configuration runs in its own subprocess (so that peak RSS is its own) through the real pieces of a
 training run: `configs/*.py` -> StepConfig, host-side init, the jit-compiled train step of
 `bilayer_jax.train.step` on a mesh over all local devices with the state donated, fp32:
   * paper: configs/paper_base.py (paper widths, 256^2, harmonics on, VGG19 + VGGFace perceptual loss with
     random weights of the real architectures: the FLOPs are those of the real loss), batch 1;
+  * paper_released: the same with `train.train_discriminator=False`, the work the RELEASED original does
+    (its discriminator never receives a gradient, spec "Corrections" 1): the like-for-like comparison;
   * demo:  configs/demo.py base stage (64^2, tiny widths, ImageNet VGG16 perceptual loss), batch 4.
 Reported: compile time (lower + compile, persistent cache off), median step time over --steps steps after
 one warm-up step, process CPU seconds per step (CPU s / step s = the cores actually had, which shows a loaded
 machine), images/s (= batch x target frames / step time), XLA's FLOP count of the step and the achieved
 FLOP/s, MFU when --peak_tflops (the accelerator's dense fp32/tf32 peak) is given, and peak RSS.
 
-Baseline of the paper row (the ratio column is ours / baseline; the goal is <= 0.8), named in the output:
+Baseline of the paper rows (the ratio column is ours / baseline; the goal is <= 0.8), named in the output:
   * with --original_repo (a checkout of saic-violet/bilayer-model): the ORIGINAL's base-stage training
     iteration measured in this run, in its own subprocess (bench/original_train_step.py, whose docstring
     lists what it runs and the run-time shims it needs): the base script's arguments with batch 1 on the CPU,
@@ -75,8 +78,10 @@ def _measure(name: str, steps: int) -> dict:
   from bilayer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from configs import demo, paper_base  # pylint: disable=g-import-not-at-top
 
-  config = paper_base.get_config() if name == 'paper' else demo.get_config('base')
-  config.batch_size = 1 if name == 'paper' else 4
+  paper = name.startswith('paper')
+  config = paper_base.get_config() if paper else demo.get_config('base')
+  config.batch_size = 1 if paper else 4
+  config.train.train_discriminator = name != 'paper_released'
   cfg = setup.step_config(config, 'base')
   rng = np.random.default_rng(0)
   b, s, c = config.batch_size, config.model.image_size, config.model.pse_in_channels
@@ -127,7 +132,7 @@ def _measure(name: str, steps: int) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--configs', default='paper,demo')
+  parser.add_argument('--configs', default='paper,paper_released,demo')
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--peak_tflops', type=float, default=0.0, help='accelerator peak, for MFU')
   parser.add_argument('--original_repo', default=None,
@@ -138,6 +143,9 @@ def main():
   if args.original_repo and not os.path.isfile(os.path.join(args.original_repo, 'runners', 'default.py')):
     sys.exit(f'--original_repo {args.original_repo}: not a checkout of saic-violet/bilayer-model '
              '(expected runners/default.py in it)')
+  unknown = set(args.configs.split(',')) - {'paper', 'paper_released', 'demo'}
+  if unknown:
+    sys.exit(f'--configs: unknown {sorted(unknown)}; expected paper, paper_released, demo')
   if args.child:
     print('RESULT ' + json.dumps(_measure(args.child, args.steps)))
     return
@@ -147,17 +155,17 @@ def main():
     rows.append(_run_child([sys.executable, os.path.abspath(__file__), '--child', name, '--steps', str(args.steps)],
                            env, name))
   base = None
-  if args.original_repo and any(r['config'] == 'paper' for r in rows):
+  if args.original_repo and any(r['config'].startswith('paper') for r in rows):
     base = _measure_original(args.original_repo, args.steps, args.threads, env)
   base_s = base['step_s'] if base else SPEC_STEP_S
-  print(f'{"config":7} {"device":22} {"batch":>5} {"size":>5} {"compile s":>9} {"step s":>8} {"min s":>7} '
+  print(f'{"config":14} {"device":22} {"batch":>5} {"size":>5} {"compile s":>9} {"step s":>8} {"min s":>7} '
         f'{"CPU s":>7} {"img/s":>7} {"GFLOP/step":>10} {"GFLOP/s":>8} {"MFU":>6} {"peak RSS GB":>11} '
         f'{"vs original":>11}')
   for r in rows:
     achieved = r['flops'] / r['step_s'] / 1e9
     mfu = f'{achieved / 1e3 / args.peak_tflops:6.1%}' if args.peak_tflops else '     -'
-    ratio = f'{r["step_s"] / base_s:10.2f}x' if r['config'] == 'paper' else '          -'
-    print(f'{r["config"]:7} {r["device"][:22]:22} {r["batch"]:5d} {r["image_size"]:5d} {r["compile_s"]:9.1f} '
+    ratio = f'{r["step_s"] / base_s:10.2f}x' if r['config'].startswith('paper') else '          -'
+    print(f'{r["config"]:14} {r["device"][:22]:22} {r["batch"]:5d} {r["image_size"]:5d} {r["compile_s"]:9.1f} '
           f'{r["step_s"]:8.3f} {r["step_min_s"]:7.3f} {r["cpu_s"]:7.2f} {r["images_per_s"]:7.2f} '
           f'{r["flops"] / 1e9:10.1f} {achieved:8.1f} {mfu} {r["peak_rss_gb"]:11.2f} {ratio}')
   if base:

@@ -113,6 +113,19 @@ def test_grid_sample_matches_torch_including_outside_samples():
   np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), atol=1e-6)
 
 
+def test_grid_sample_shared_matches_torch_far_outside_too():
+  # The shared-texture form clamps corners onto a zero border instead of masking them: check samples on
+  # the edges, half a pixel out, and far outside (several texels beyond the border).
+  rng = np.random.default_rng(3)
+  image = rng.normal(size=(7, 9, 3)).astype(np.float32)
+  grid = rng.uniform(-3, 3, size=(2, 5, 6, 2)).astype(np.float32)
+  grid[0, 0, :4] = [[-1, -1], [1, 1], [-1.0 - 1 / 9, 0.0], [0.5, 1 + 1 / 7]]
+  ours = warp.grid_sample_shared(jnp.asarray(image), jnp.asarray(grid))
+  ref = torch.nn.functional.grid_sample(_nchw(np.stack([image, image])), torch.from_numpy(grid), mode='bilinear',
+                                        padding_mode='zeros', align_corners=False)
+  np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), atol=1e-6)
+
+
 def test_grid_sample_gradients_match_torch():
   rng = np.random.default_rng(1)
   image = rng.normal(size=(1, 6, 6, 2)).astype(np.float32)

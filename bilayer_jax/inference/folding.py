@@ -170,15 +170,10 @@ def fold_avatar(cfg: BilayerConfig, variables: Mapping[str, Any], avatar: Mappin
   return FoldedFrameNet(frame_net_spec(cfg), {k: np.asarray(v, np.float32) for k, v in arrays.items()})
 
 
-def _leaky_max(x: Array) -> Array:
-  return jnp.maximum(x, LEAKY_SLOPE * x)
-
-
-def _leaky_relu_sum(x: Array) -> Array:
-  # The same function as slope * x + (1 - slope) * relu(x). Integer-quantised, maximum(x, slope * x)
-  # forces one scale on the pre- and post-activation tensors and clips the negative side (measured:
-  # 9 dB PSNR); relu and add requantise freely.
-  return LEAKY_SLOPE * x + (1 - LEAKY_SLOPE) * jax.nn.relu(x)
+def _leaky(x: Array) -> Array:
+  # jax.nn.leaky_relu converts to TFLite's LEAKY_RELU, which has its own output scale when integer-
+  # quantised (maximum(x, slope * x) forces one scale on both sides and clips the negative side).
+  return jax.nn.leaky_relu(x, LEAKY_SLOPE)
 
 
 def _upsample2x(x: Array) -> Array:
@@ -197,7 +192,7 @@ def _conv(x: Array, kernel: Array, bias: Array) -> Array:
 
 
 def frame_forward(spec: FrameNetSpec, arrays: Mapping[str, Array], poses: Array,
-                  low_res_upsample_conv: bool = True, quantization_friendly: bool = False) -> Dict[str, Array]:
+                  low_res_upsample_conv: bool = True) -> Dict[str, Array]:
   """The folded per-frame network: (N, 136) keypoints in [-1, 1] -> images and masks.
 
   Args:
@@ -206,17 +201,14 @@ def frame_forward(spec: FrameNetSpec, arrays: Mapping[str, Array], poses: Array,
     low_res_upsample_conv: compute each conv3x3(upsample(x)) at the low resolution
       (`layers.conv3x3_after_upsample`; same function, 16/36 of the multiply-adds). False keeps the
       literal upsample-then-conv, which some runtimes execute faster.
-    quantization_friendly: write LeakyReLU as slope * x + (1 - slope) * relu(x) (same function, last-bit
-      differences) for integer quantisation.
 
   Returns:
     {'image': (N, S, S, 3) lf + hf in [-1, 1] (nominal, not clamped), 'mask': (N, S, S, 1) in [0, 1]
      (only with segmentation), 'lf': low-frequency layer, 'hf': warped texture, 'uv': sampling grid}.
   """
   a = {k: jnp.asarray(v) for k, v in arrays.items()}
-  _leaky = _leaky_relu_sum if quantization_friendly else _leaky_max
   # Named scopes mark the precision-critical parts (harmonic phases, warp coordinates), which int8
-  # export keeps in float (tflite_export.FLOAT_SCOPES).
+  # export keeps in float (tflite_export.FLOAT_SCOPES, FLOAT_FROM_SCOPES).
   with jax.named_scope('keypoint_mlp'):
     x = poses.astype(jnp.float32)
     if spec.num_harmonics:
@@ -236,7 +228,8 @@ def frame_forward(spec: FrameNetSpec, arrays: Mapping[str, Array], poses: Array,
     skip = _upsample2x(x @ a[f'block{k}_skip_kernel'] + a[f'block{k}_skip_bias'])
     x = h + skip
   x = _leaky(x * a['final_scale'] + a['final_shift'])
-  y = _conv(x, a['heads_kernel'], a['heads_bias'])
+  with jax.named_scope('heads'):
+    y = _conv(x, a['heads_kernel'], a['heads_bias'])
   with jax.named_scope('warp'):
     uv = jnp.asarray(warp.identity_grid(spec.image_size)) + jnp.tanh(y[..., 0:2])
     lf = jnp.tanh(y[..., 2:5])

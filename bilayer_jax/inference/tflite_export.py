@@ -11,8 +11,8 @@ Models (all float32 interfaces; the quantised variants quantise inside):
     inputs `source_img` (1, S, S, 3) in [-1, 1] (crop / 255 * 2 - 1), `source_seg` (1, S, S, 1) in [0, 1],
     `source_stickman` (1, S, S, 3) in [-1, 1] (bilayer_jax.data.stickman rules), `source_pose` (1, 136)
 Quantisation: 'fp16' (float16 weights), 'dynamic' (int8 weights, float activations), 'int8' (int8
-weights and activations of the conv trunk calibrated on representative poses; the keypoint MLP and the
-warp stay float, see FLOAT_SCOPES; float32 in/out).
+weights and activations of the conv trunk calibrated on representative poses; the keypoint MLP, the
+output heads and the warp stay float, see FLOAT_SCOPES; float32 in/out).
 Each export writes `<model>.json` next to the .tflite with the input/output names, shapes and ranges.
 """
 
@@ -30,9 +30,12 @@ from bilayer_jax.models.config import BilayerConfig
 
 QUANTIZATIONS = ('none', 'fp16', 'dynamic', 'int8')
 # Parts of the per-frame network (jax.named_scope names in folding.frame_forward) that int8 keeps in
-# float: the harmonic phases (an 8-bit pose moves sin(8 pi p) by ~0.1 rad) and the warp coordinates
-# (an 8-bit uv is ~1 texel at 256^2). Together they are < 1% of the multiply-adds.
-FLOAT_SCOPES = ('keypoint_mlp', 'warp')
+# float: the harmonic phases (an 8-bit pose moves sin(8 pi p) by ~0.1 rad), and the output heads with
+# everything after them (FLOAT_FROM_SCOPES): an 8-bit uv is ~1 texel at 256^2, which the warp turns into
+# |texture gradient| of image error, and the texture itself stays float. Together ~5% of the multiply-adds
+# (paper config, folded).
+FLOAT_SCOPES = ('keypoint_mlp',)
+FLOAT_FROM_SCOPES = ('heads', 'warp')
 
 
 class ExportError(ValueError):
@@ -73,15 +76,25 @@ def _convert(fn: Callable, specs: Sequence, quantize: str,
     raise ExportError('int8 quantisation needs representative inputs (poses)')
   # Full-integer conv trunk; the nodes under FLOAT_SCOPES stay float (selective quantisation).
   from ai_edge_litert import interpreter  # pylint: disable=g-import-not-at-top
-  float_model = interpreter.Interpreter(model_content=converter().convert())
-  keep_float = [t['name'] for t in float_model.get_tensor_details()
-                if any(f'/{scope}/' in t['name'] for scope in FLOAT_SCOPES)]
+  keep_float = _float_tensor_names(interpreter.Interpreter(model_content=converter().convert()))
   conv = converter()
   conv.representative_dataset = representative
   debugger = tf.lite.experimental.QuantizationDebugger(
       converter=conv, debug_dataset=representative,
       debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep_float))
   return debugger.get_nondebug_quantized_model()
+
+
+def _float_tensor_names(float_model) -> List[str]:
+  """Output names of the float model's ops that int8 keeps float: those under FLOAT_SCOPES, and every op
+  downstream of one under FLOAT_FROM_SCOPES (the converter's fused ops lose the scope in their names)."""
+  names = {t['index']: t['name'] for t in float_model.get_tensor_details()}
+  keep = {i for i, name in names.items() if any(f'/{scope}/' in name for scope in FLOAT_SCOPES)}
+  tainted = {i for i, name in names.items() if any(f'/{scope}/' in name for scope in FLOAT_FROM_SCOPES)}
+  for op in float_model._get_ops_details():  # pylint: disable=protected-access  (ops in execution order)
+    if op['op_name'] != 'DELEGATE' and tainted.intersection(op['inputs']):
+      tainted.update(op['outputs'])
+  return sorted({names[i] for i in keep | tainted})
 
 
 def _write(path: os.PathLike, model: bytes, contract: Mapping) -> pathlib.Path:
@@ -117,8 +130,7 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
 
   def forward(poses, *avatar):
     out = folding.frame_forward(spec, {**constants, **dict(zip(avatar_names, avatar))}, poses,
-                                low_res_upsample_conv=low_res_upsample_conv,
-                                quantization_friendly=quantize == 'int8')
+                                low_res_upsample_conv=low_res_upsample_conv)
     return (out['image'], out['mask']) if spec.pred_segmentation else (out['image'],)
 
   specs = [tf.TensorSpec((batch, 136), tf.float32, name='poses')]
