@@ -61,11 +61,23 @@ def grid_sample(image: Array, grid: Array) -> Array:
 
 def grid_sample_shared(image: Array, grid: Array) -> Array:
   """Samples ONE image (H, W, C) at every grid of (N, Ho, Wo, 2): `grid_sample` with the image shared by
-  all N (the per-frame network's baked texture), without materialising N copies of it."""
+  all N (the per-frame network's baked texture), without materialising N copies of it.
+
+  Written for the per-frame runtimes (XLA, TFLite): the image gets a border of zeros and the corner
+  coordinates are clamped into it, which gives zero padding without validity masks, and the four corners
+  are one gather of in-bounds rows (no index checks). Same values as `grid_sample`.
+  """
   h, w, c = image.shape
-  flat = image.reshape(h * w, c)
-
-  def gather(index, weight):
-    return jnp.take(flat, index, axis=0) * weight.astype(image.dtype)[..., None]
-
-  return _bilinear(grid, h, w, gather)
+  table = jnp.pad(image, ((1, 1), (1, 1), (0, 0))).reshape((h + 2) * (w + 2), c)
+  x = ((grid[..., 0] + 1) * w - 1) / 2
+  y = ((grid[..., 1] + 1) * h - 1) / 2
+  x0, y0 = jnp.floor(x), jnp.floor(y)
+  wx1, wy1 = x - x0, y - y0
+  wx0, wy0 = 1 - wx1, 1 - wy1
+  # Padded-table coordinates: -1 and w (h) are the zero border; anything further out clamps onto it.
+  xs = jnp.clip(jnp.stack([x0, x0 + 1]) + 1, 0, w + 1).astype(jnp.int32)
+  ys = jnp.clip(jnp.stack([y0, y0 + 1]) + 1, 0, h + 1).astype(jnp.int32)
+  index = jnp.stack([ys[0], ys[0], ys[1], ys[1]]) * (w + 2) + jnp.stack([xs[0], xs[1], xs[0], xs[1]])
+  weight = jnp.stack([wx0 * wy0, wx1 * wy0, wx0 * wy1, wx1 * wy1])
+  corners = jnp.take(table, index, axis=0, mode='clip')
+  return (corners * weight.astype(image.dtype)[..., None]).sum(axis=0)
