@@ -12,7 +12,7 @@ Models (all float32 interfaces; the quantised variants quantise inside):
     `source_stickman` (1, S, S, 3) in [-1, 1] (bilayer_jax.data.stickman rules), `source_pose` (1, 136)
 Quantisation: 'fp16' (float16 weights), 'dynamic' (int8 weights, float activations), 'int8' (int8
 weights and activations of the conv trunk calibrated on representative poses; the keypoint MLP, the
-output heads and the warp stay float, see FLOAT_SCOPES; float32 in/out).
+output heads and the warp stay float, see FLOAT_SCOPES and FLOAT_FROM_SCOPES; float32 in/out).
 Each export writes `<model>.json` next to the .tflite with the input/output names, shapes and ranges.
 """
 
@@ -74,7 +74,7 @@ def _convert(fn: Callable, specs: Sequence, quantize: str,
     return converter().convert()
   if representative is None:
     raise ExportError('int8 quantisation needs representative inputs (poses)')
-  # Full-integer conv trunk; the nodes under FLOAT_SCOPES stay float (selective quantisation).
+  # Full-integer conv trunk; the float parts (_float_tensor_names) stay float (selective quantisation).
   from ai_edge_litert import interpreter  # pylint: disable=g-import-not-at-top
   keep_float = _float_tensor_names(interpreter.Interpreter(model_content=converter().convert()))
   conv = converter()
