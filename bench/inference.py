@@ -15,7 +15,7 @@ statistics (official weights cannot be downloaded here); the photo is scikit-ima
 and the poses come from the in-package talking-face clip, so quality figures use real inputs. PSNR is of
 each runtime's image against fp32 JAX over those poses; "LF PSNR" is the same for the low-frequency layer
 alone (the model exported again with a zero texture, so image = LF), which separates the trunk's error from
-the warp's: the random network's warp field is far rougher than a trained one's (the script prints its
+the warp's: the random network's warp field is far rougher than a smooth warp (the script prints its
 mean uv step between neighbouring pixels), and the warp turns every uv error into |texture gradient| of
 image error. Reference: the original needs ~50 ms per frame
 on this machine class (spec §11.2; fp32 PyTorch).
