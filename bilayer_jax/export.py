@@ -7,7 +7,8 @@ r"""Export an avatar's per-frame network to TFLite or PyTorch, or params to the 
 
 tflite: the folded per-frame network of the photo's avatar (136 keypoints -> image + mask), with a .json
   contract next to it; --with_init also writes <out>_init.tflite (crop, mask, stickman, pose -> avatar
-  arrays) and <out>_generic.tflite (poses + avatar arrays -> image + mask), so both halves run on a phone.
+  arrays; with the texture enhancer unless --noenhance) and <out>_generic.tflite (poses + avatar arrays ->
+  image + mask), so both halves run on a phone.
   int8 is calibrated on the keypoints of --driver (default: the in-package talking-face clip).
 torch: a TorchScript file of `torch_frame_net.FrameNet` (load with torch.jit.load, no bilayer_jax needed).
 original: args.txt + checkpoints/<epoch>_<net>.pth (the original's code loads it); no photo needed.
@@ -135,8 +136,6 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
 
   from bilayer_jax.inference import folding  # pylint: disable=g-import-not-at-top
   anim, inputs, avatar = load_avatar(params, source, enhance, landmarks)
-  if fmt == 'tflite' and with_init and avatar.enhanced:  # checked before anything is written
-    raise UsageError('--with_init needs --noenhance: the init TFLite model has no texture enhancer yet')
   net = anim.fold(avatar)
   poses = driver_poses(anim, driver)
   check = check_poses(poses, batch)
@@ -152,7 +151,8 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
     if with_init:
       stem = out_path.with_suffix('')
       generic = tflite_export.export_frame_model(net, f'{stem}_generic.tflite', quantize, batch=batch, baked=False)
-      init = tflite_export.export_init_model(anim.cfg, anim.variables, f'{stem}_init.tflite', quantize=quantize)
+      init = tflite_export.export_init_model(anim.cfg, anim.variables, f'{stem}_init.tflite',
+                                             enhance=avatar.enhanced, quantize=quantize)
       arrays = tflite_export.LiteRunner(init)(inputs.imgs[:, 0], inputs.segs[:, 0], inputs.stickmen[:, 0],
                                               inputs.poses[:, 0])
       files += [str(p) for p in (generic, generic.with_suffix('.json'), init, init.with_suffix('.json'))]

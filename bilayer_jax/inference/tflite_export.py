@@ -7,7 +7,8 @@ Models (all float32 interfaces; the quantised variants quantise inside):
     output `mask`   (N, S, S, 1) float32 in [0, 1]: person mask; display = rgb * mask + bg * (1 - mask)
 * per-frame, generic (`export_frame_model(..., baked=False)`): the same with the avatar arrays as inputs
   after `poses`, in `avatar_input_names(spec)` order: what the init model outputs.
-* avatar init (`export_init_model`): the source crop -> the avatar arrays of the generic per-frame model.
+* avatar init (`export_init_model`): the source crop -> the avatar arrays of the generic per-frame model,
+  optionally with the texture enhancer (see `_runnable_scatter_regions` for what that takes in LiteRT).
     inputs `source_img` (1, S, S, 3) in [-1, 1] (crop / 255 * 2 - 1), `source_seg` (1, S, S, 1) in [0, 1],
     `source_stickman` (1, S, S, 3) in [-1, 1] (bilayer_jax.data.stickman rules), `source_pose` (1, 136)
 Quantisation: 'fp16' (float16 weights), 'dynamic' (int8 weights, float activations), 'int8' (int8
@@ -71,7 +72,7 @@ def _convert(fn: Callable, specs: Sequence, quantize: str,
     return conv
 
   if quantize != 'int8':
-    return converter().convert()
+    return _runnable_scatter_regions(converter().convert())
   if representative is None:
     raise ExportError('int8 quantisation needs representative inputs (poses)')
   # Full-integer conv trunk; the float parts (_float_tensor_names) stay float (selective quantisation).
@@ -82,7 +83,57 @@ def _convert(fn: Callable, specs: Sequence, quantize: str,
   debugger = tf.lite.experimental.QuantizationDebugger(
       converter=conv, debug_dataset=representative,
       debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep_float))
-  return debugger.get_nondebug_quantized_model()
+  return _runnable_scatter_regions(debugger.get_nondebug_quantized_model())
+
+
+# The TFLite ops the converter writes into a STABLEHLO_SCATTER's update region, and the StableHLO ops LiteRT's
+# scatter kernel looks for there instead (it rejects the model at allocation time otherwise).
+_SCATTER_REGION_OPS = {'ADD': 'STABLEHLO_ADD', 'MUL': 'STABLEHLO_MULTIPLY', 'MAXIMUM': 'STABLEHLO_MAXIMUM',
+                       'MINIMUM': 'STABLEHLO_MINIMUM'}
+
+
+def _runnable_scatter_regions(model: bytes) -> bytes:
+  """Rewrites the update regions of the model's STABLEHLO_SCATTER ops so that LiteRT can run them.
+
+  The enhancer's inner gradient (the adjoint of the texture warp) is a scatter-add. The converter emits it
+  as STABLEHLO_SCATTER whose update-computation subgraph holds a TFLite ADD, but LiteRT's kernel only
+  recognises STABLEHLO_ADD (or _MULTIPLY, _MAXIMUM, _MINIMUM) there and fails with "Only update, Add, ...
+  are currently supported". Same arithmetic, other opcode; models without scatters are returned as they are.
+  """
+  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
+  builtin = schema.BuiltinOperator
+  root = schema.Model.GetRootAsModel(model, 0)
+  codes = [root.OperatorCodes(i) for i in range(root.OperatorCodesLength())]
+  if not any(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()) == builtin.STABLEHLO_SCATTER for c in codes):
+    return model
+  from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
+  tree = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+  code_of = lambda op: max(tree.operatorCodes[op.opcodeIndex].builtinCode,
+                           tree.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+
+  def opcode_index(code: int) -> int:
+    for i, existing in enumerate(tree.operatorCodes):
+      if max(existing.builtinCode, existing.deprecatedBuiltinCode) == code:
+        return i
+    entry = schema.OperatorCodeT()
+    entry.builtinCode, entry.version = code, 1
+    entry.deprecatedBuiltinCode = min(code, builtin.PLACEHOLDER_FOR_GREATER_OP_CODES)
+    tree.operatorCodes.append(entry)
+    return len(tree.operatorCodes) - 1
+
+  replacements = {getattr(builtin, tfl): getattr(builtin, hlo) for tfl, hlo in _SCATTER_REGION_OPS.items()}
+  for graph in list(tree.subgraphs):
+    for op in graph.operators:
+      if code_of(op) != builtin.STABLEHLO_SCATTER:
+        continue
+      for region_op in tree.subgraphs[op.builtinOptions2.updateComputationSubgraphIndex].operators:
+        code = code_of(region_op)
+        if code in replacements:
+          if getattr(region_op.builtinOptions, 'fusedActivationFunction', 0):
+            raise ExportError('a scatter update region has a fused activation; LiteRT cannot run it')
+          region_op.opcodeIndex = opcode_index(replacements[code])
+          region_op.builtinOptionsType, region_op.builtinOptions = 0, None
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(tree))
 
 
 def _float_tensor_names(float_model) -> List[str]:
@@ -167,14 +218,12 @@ def export_init_model(cfg: BilayerConfig, variables: Mapping, path: os.PathLike,
   """Writes the avatar-initialisation model: source crop, mask, stickman, pose -> avatar arrays.
 
   Its outputs, in `avatar_input_names` order, are the extra inputs of the generic per-frame model.
+  `enhance` includes the texture enhancer (its unrolled learned-gradient steps, inner gradients included).
   """
   tf = _tf()
-  if enhance:
-    # The enhancer's inner gradient of the texture warp is a scatter-add; the TFLite converter emits it as
-    # STABLEHLO_SCATTER, which LiteRT 2.3's kernel rejects at allocation time ("Only update, Add, ...").
-    raise ExportError('the avatar-init TFLite model cannot include the texture enhancer yet (LiteRT cannot '
-                      'run the scatter-add of its inner gradient); export the enhanced avatar as a baked '
-                      'per-frame model instead, or the init model without --enhance')
+  if enhance and 'texture_enhancer' not in variables.get('params', {}):
+    raise ExportError('enhance=True, but these params have no texture_enhancer (a base-stage run); '
+                      'export the init model without the enhancer')
   if quantize == 'int8':
     raise ExportError('the init model supports none/fp16/dynamic quantisation (int8 would need '
                       'representative photos and loses the texture detail)')
