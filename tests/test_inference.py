@@ -155,11 +155,13 @@ def test_folded_network_matches_the_unfolded_render(anim, avatar, tmp_path):
   assert not any('norm2' in k for k in net.arrays)
   for low_res in (True, False):
     out = jax.device_get(folding.frame_forward(net.spec, net.arrays, poses, low_res_upsample_conv=low_res))
-    np.testing.assert_allclose(out['uv'], ref['uv'], atol=1e-5)
+    # uv and lf are tanh of the same heads conv; folding reassociates the float sums (measured: 1e-5 on one
+    # uv value of 40960 with dlib's landmarks on an AVX-512 CPU, 2e-5 is 0.003 px at 256^2).
+    np.testing.assert_allclose(out['uv'], ref['uv'], atol=2e-5)
     np.testing.assert_allclose(out['lf'], ref['lf'], atol=2e-5)
     np.testing.assert_allclose(out['mask'], ref['mask'], atol=2e-5)
     # hf samples the texture at uv: a uv rounding difference du moves it by |grad texture| * du * S / 2
-    # (du 1e-5, S 64, texture gradients ~2 per texel: ~6e-4), so its tolerance is looser.
+    # (du ~1e-5, S 64, texture gradients ~2 per texel: ~6e-4), so its tolerance is looser.
     np.testing.assert_allclose(out['image'], ref['image'], atol=1e-3)
   net.save(tmp_path / 'net.npz')
   loaded = folding.FoldedFrameNet.load(tmp_path / 'net.npz')

@@ -19,7 +19,7 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def _env(num_devices: int):
-  return {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={num_devices}',
+  return {**os.environ, 'XLA_FLAGS': f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={num_devices}",
           'JAX_DISABLE_MOST_OPTIMIZATIONS': '1', 'JAX_PLATFORMS': 'cpu',
           'JAX_COMPILATION_CACHE_DIR': os.environ['BILAYER_JAX_COMPILATION_CACHE']}
 
@@ -64,10 +64,15 @@ def test_sharded_step_equals_single_device(sharded_results, mode):
   assert int(results['single/num_sharded']) == 0 and int(results['dp/num_sharded']) == 0
   if mode == 'fsdp':
     assert int(results['fsdp/num_sharded']) > 50  # parameters and Adam moments really are split
-  # Identical up to float32 summation order: held to the noise floor of merely reversing the batch order.
+  # Identical up to float32 summation order: held to the noise floor of merely reversing the batch order,
+  # plus 5e-3 of the group's scale. The generators' gradients are dominated by the feature-matching term,
+  # whose float32 value cancels heavily (fixtures README §5), so a different reduction tree moves them by up
+  # to ~2e-3 of their scale (measured: texture generator Adam moments 1.8e-3 with DP on a 2-core AVX-512
+  # CPU, where reversing the batch moved them by 1.6e-5). Sharding mistakes (per-device BatchNorm
+  # statistics, a missing gradient all-reduce) change these arrays by the order of their scale.
   floor = _errors(results, 'permuted')
   for group, (err, scale) in _errors(results, mode).items():
-    assert err <= 4 * floor[group][0] + 1e-6 * scale, (group, err, floor[group][0], scale)
+    assert err <= 4 * floor[group][0] + 5e-3 * scale, (group, err, floor[group][0], scale)
   # The first step's losses, BN statistics and spectral vectors agree to float32 rounding outright.
   for key in results.files:
     if key.startswith('single/step1/') and ('/loss/' in key or "['model_state']" in key):
