@@ -17,6 +17,7 @@ from bilayer_jax import export as export_cli
 from bilayer_jax import model_io
 from bilayer_jax.convert import original
 from bilayer_jax.inference import animator as animator_lib
+from bilayer_jax.inference import equalize
 from bilayer_jax.inference import folding
 from bilayer_jax.inference import preprocess
 from bilayer_jax.inference import tflite_export
@@ -119,6 +120,26 @@ def _check_int8_layout(runner, net):
   assert gathers and all(out_dtype(op) == np.float32 for op in gathers)
   dense = [op for op in ops if op['op_name'] == 'FULLY_CONNECTED' and len(tensors[op['inputs'][0]]['shape']) == 2]
   assert dense and all(out_dtype(op) == np.float32 for op in dense)
+
+
+def test_equalisation_keeps_the_function_and_evens_out_channel_ranges(net, poses):
+  ranges = equalize.channel_ranges(net, poses)
+  spread = lambda r: {name: float(v.max() / v.min()) for name, v in r.items()}
+  assert len(ranges) == 3 * net.spec.num_blocks + 2 and max(spread(ranges).values()) > 1.5
+  ref = folding.frame_forward(net.spec, net.arrays, poses[:4])
+  for strength in (0.5, 1.0):
+    equalised = equalize.equalize(net, poses, strength)
+    out = folding.frame_forward(equalised.spec, equalised.arrays, poses[:4])
+    for key in ('lf', 'uv', 'mask'):
+      np.testing.assert_allclose(out[key], ref[key], atol=2e-5, err_msg=key)
+    # Channel c's range becomes range_c ** (1 - strength) / const: the max/min spread to that power.
+    after = spread(equalize.channel_ranges(equalised, poses))
+    for name, before in spread(ranges).items():
+      np.testing.assert_allclose(after[name], before ** (1 - strength), rtol=1e-3, err_msg=name)
+  unchanged = equalize.equalize(net, poses, 0.0)
+  assert all(np.array_equal(unchanged.arrays[k], v) for k, v in net.arrays.items())
+  with pytest.raises(ValueError, match='strength'):
+    equalize.equalize(net, poses, 1.5)
 
 
 def test_int8_needs_representative_poses_and_unknown_quantisation_fails(net, tmp_path):

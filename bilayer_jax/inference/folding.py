@@ -192,7 +192,7 @@ def _conv(x: Array, kernel: Array, bias: Array) -> Array:
 
 
 def frame_forward(spec: FrameNetSpec, arrays: Mapping[str, Array], poses: Array,
-                  low_res_upsample_conv: bool = True) -> Dict[str, Array]:
+                  low_res_upsample_conv: bool = True, taps: Dict[str, Array] | None = None) -> Dict[str, Array]:
   """The folded per-frame network: (N, 136) keypoints in [-1, 1] -> images and masks.
 
   Args:
@@ -201,6 +201,10 @@ def frame_forward(spec: FrameNetSpec, arrays: Mapping[str, Array], poses: Array,
     low_res_upsample_conv: compute each conv3x3(upsample(x)) at the low resolution
       (`layers.conv3x3_after_upsample`; same function, 16/36 of the multiply-adds). False keeps the
       literal upsample-then-conv, which some runtimes execute faster.
+    taps: if given, filled with the tensors that the integer-quantised export stores between ops and that
+      `equalize` rescales per channel: `stream<k>` (the residual stream entering block k; k = num_blocks
+      is the one entering the final norm), `block<k>_norm1` and `block<k>_conv1` (the inputs of the block's
+      LeakyReLUs) and `final` (the input of the last LeakyReLU).
 
   Returns:
     {'image': (N, S, S, 3) lf + hf in [-1, 1] (nominal, not clamped), 'mask': (N, S, S, 1) in [0, 1]
@@ -218,16 +222,21 @@ def frame_forward(spec: FrameNetSpec, arrays: Mapping[str, Array], poses: Array,
         x = _leaky(x)
       x = x @ a[f'mlp{i}_kernel'] + a[f'mlp{i}_bias']
   x = x.reshape(-1, spec.pose_channels, spec.pose_size, spec.pose_size).transpose(0, 2, 3, 1)
+  taps = {} if taps is None else taps
   for k in range(spec.num_blocks):
-    h = _leaky(x * a[f'block{k}_norm1_scale'] + a[f'block{k}_norm1_shift'])
-    h = _leaky(_conv(h, a[f'block{k}_conv1_kernel'], a[f'block{k}_conv1_bias']))
+    taps[f'stream{k}'] = x
+    h = taps[f'block{k}_norm1'] = x * a[f'block{k}_norm1_scale'] + a[f'block{k}_norm1_shift']
+    h = taps[f'block{k}_conv1'] = _conv(_leaky(h), a[f'block{k}_conv1_kernel'], a[f'block{k}_conv1_bias'])
+    h = _leaky(h)
     if low_res_upsample_conv:
       h = layers.conv3x3_after_upsample(h, a[f'block{k}_conv2_kernel']) + a[f'block{k}_conv2_bias']
     else:
       h = _conv(_upsample2x(h), a[f'block{k}_conv2_kernel'], a[f'block{k}_conv2_bias'])
     skip = _upsample2x(x @ a[f'block{k}_skip_kernel'] + a[f'block{k}_skip_bias'])
     x = h + skip
-  x = _leaky(x * a['final_scale'] + a['final_shift'])
+  taps[f'stream{spec.num_blocks}'] = x
+  x = taps['final'] = x * a['final_scale'] + a['final_shift']
+  x = _leaky(x)
   with jax.named_scope('heads'):
     y = _conv(x, a['heads_kernel'], a['heads_bias'])
   with jax.named_scope('warp'):

@@ -13,7 +13,8 @@ Models (all float32 interfaces; the quantised variants quantise inside):
     `source_stickman` (1, S, S, 3) in [-1, 1] (bilayer_jax.data.stickman rules), `source_pose` (1, 136)
 Quantisation: 'fp16' (float16 weights), 'dynamic' (int8 weights, float activations), 'int8' (int8
 weights and activations of the conv trunk calibrated on representative poses; the keypoint MLP, the
-output heads and the warp stay float, see FLOAT_SCOPES and FLOAT_FROM_SCOPES; float32 in/out).
+output heads and the warp stay float, see FLOAT_SCOPES and FLOAT_FROM_SCOPES; float32 in/out; the baked
+model's channels are first equalised on the same poses, see `bilayer_jax.inference.equalize`).
 Each export writes `<model>.json` next to the .tflite with the input/output names, shapes and ranges.
 """
 
@@ -25,6 +26,7 @@ from typing import Callable, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from bilayer_jax.inference import equalize
 from bilayer_jax.inference import folding
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig
@@ -171,12 +173,25 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
     quantize: one of QUANTIZATIONS.
     batch: frames per call (fixed input shape).
     baked: bake the avatar arrays in as constants (False: they become inputs after `poses`).
-    representative_poses: (K, 136) poses for int8 calibration (e.g. a driving video's keypoints).
+    representative_poses: (K, 136) poses for int8 calibration (e.g. a driving video's keypoints); a baked
+      int8 model is also equalised on them (`equalize.equalize`, same function in float).
     low_res_upsample_conv: see `folding.frame_forward` (measured on LiteRT at 256², 2 threads: 50 ms vs 64).
   """
   tf = _tf()
-  spec, arrays = net.spec, net.arrays
-  avatar_names = [] if baked else avatar_input_names(arrays)
+  spec = net.spec
+  avatar_names = [] if baked else avatar_input_names(net.arrays)
+  representative = None
+  if quantize == 'int8':
+    if representative_poses is None or not len(representative_poses):
+      raise ExportError('--quantize int8 needs representative poses (a driving video or recorded keypoints)')
+    poses = np.asarray(representative_poses, np.float32).reshape(-1, 136)
+    if baked:  # (the generic model takes the avatar arrays as the init model writes them)
+      net = equalize.equalize(net, poses)
+
+    def representative():
+      for i in range(0, len(poses) - batch + 1, batch):
+        yield [poses[i:i + batch]] + [net.arrays[k] for k in avatar_names]
+  arrays = net.arrays
   constants = {k: v for k, v in arrays.items() if k not in avatar_names}
 
   def forward(poses, *avatar):
@@ -186,15 +201,6 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
 
   specs = [tf.TensorSpec((batch, 136), tf.float32, name='poses')]
   specs += [tf.TensorSpec(arrays[k].shape, tf.float32, name=k) for k in avatar_names]
-  representative = None
-  if quantize == 'int8':
-    if representative_poses is None or not len(representative_poses):
-      raise ExportError('--quantize int8 needs representative poses (a driving video or recorded keypoints)')
-    poses = np.asarray(representative_poses, np.float32).reshape(-1, 136)
-
-    def representative():
-      for i in range(0, len(poses) - batch + 1, batch):
-        yield [poses[i:i + batch]] + [arrays[k] for k in avatar_names]
   model = _convert(forward, specs, quantize, representative)
   s = spec.image_size
   contract = {
