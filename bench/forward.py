@@ -98,8 +98,9 @@ def bench_original(repo, cfg, variables, batch):
   import importlib  # pylint: disable=g-import-not-at-top
   from runners import utils as rn_utils  # pylint: disable=g-import-not-at-top
   tmp = pathlib.Path(tempfile.mkdtemp())
-  networks = original.BASE_NETWORKS + ('texture_enhancer',)
-  original.export_run(tmp, 1, cfg, variables, networks, stage='enhancer')
+  with_enhancer = 'texture_enhancer' in variables['generator']['params']
+  networks = original.BASE_NETWORKS + ('texture_enhancer',) * with_enhancer
+  original.export_run(tmp, 1, cfg, variables, networks, stage='enhancer' if with_enhancer else 'base')
   args = argparse.Namespace(**original.read_args(tmp / 'args.txt'))
   nets = {}
   for name in networks:
@@ -142,7 +143,10 @@ def bench_original(repo, cfg, variables, batch):
     with torch.no_grad():
       nets['texture_enhancer'](d, [], nets)
 
-  return {'per-frame render': per_frame, 'avatar init': init, 'texture enhancer (4 steps)': enhance}
+  fns = {'per-frame render': per_frame, 'avatar init': init}
+  if with_enhancer:
+    fns['texture enhancer (4 steps)'] = enhance
+  return fns
 
 
 def main():

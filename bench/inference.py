@@ -2,6 +2,7 @@ r"""Inference benchmark at the paper configuration (256^2, batch 1, CPU): per-fr
 runtime the avatar can be shipped in, avatar-init latency, model sizes and quantised quality.
 
     python bench/inference.py [--runs 30] [--threads N] [--out_dir DIR] [--original_repo PATH]
+                              [--params DIR] [--source photo.jpg]
 
 Rows (median of --runs after warm-up; runtimes run alternately so they see the same machine load):
   JAX jit, unfolded    BilayerGenerator.render (keypoint MLP + AdaBN trunk + warp), the training graph
@@ -11,13 +12,14 @@ Rows (median of --runs after warm-up; runtimes run alternately so they see the s
   PyTorch              torch_frame_net.FrameNet (eager, torch.set_num_threads(N))
 With --original_repo, the original's own per-frame path (keypoint MLP, gen_inf, grid_sample, add) runs
 on the same weights as the baseline (as in bench/forward.py). Weights are random with calibrated BN
-statistics (official weights cannot be downloaded here); the photo is scikit-image's astronaut
-and the poses come from the in-package talking-face clip, so quality figures use real inputs. PSNR is of
-each runtime's image against fp32 JAX over those poses; "LF PSNR" is the same for the low-frequency layer
-alone (the model exported again with a zero texture, so image = LF), which separates the trunk's error from
-the warp's: the random network's warp field is far rougher than a smooth warp (the script prints its
-mean uv step between neighbouring pixels), and the warp turns every uv error into |texture gradient| of
-image error. Reference: the original needs ~50 ms per frame
+statistics (official weights cannot be downloaded here), or with --params those of a bilayer_jax params
+directory (trained, or imported official weights) at its own config; the photo is scikit-image's
+astronaut (or --source) and the poses come from the in-package talking-face clip, so quality figures use
+real inputs. PSNR is of each runtime's image against fp32 JAX over those poses; "LF PSNR" is the same for
+the low-frequency layer alone (the model exported again with a zero texture, so image = LF), which
+separates the trunk's error from the warp's: an untrained network's warp field is far rougher than a
+trained one's (the script prints its mean uv step between neighbouring pixels), and the warp turns every
+uv error into |texture gradient| of image error. Reference: the original needs ~50 ms per frame
 on this machine class (spec §11.2; fp32 PyTorch).
 """
 
@@ -37,11 +39,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 
 from bilayer_jax import export as export_cli  # pylint: disable=g-import-not-at-top
+from bilayer_jax import model_io
 from bilayer_jax.convert import original
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import folding
 from bilayer_jax.inference import preprocess
 from bilayer_jax.inference import tflite_export
+from bilayer_jax.inference import video
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig
 
@@ -91,6 +95,9 @@ def main():
   parser.add_argument('--out_dir', default=None)
   parser.add_argument('--original_repo', default=None,
                       help='checkout of saic-violet/bilayer-model: its per-frame path as a same-run baseline')
+  parser.add_argument('--params', default=None,
+                      help='bilayer_jax params directory (default: random paper-config weights)')
+  parser.add_argument('--source', default=None, help='source photo (default: scikit-image astronaut)')
   args = parser.parse_args()
   out_dir = args.out_dir or tempfile.mkdtemp(prefix='bilayer_bench_')
   import skimage.data  # pylint: disable=g-import-not-at-top
@@ -98,14 +105,20 @@ def main():
   from bilayer_jax.inference import torch_frame_net  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
 
-  cfg = BilayerConfig()
-  print(f'paper config 256^2, batch 1, {args.threads} threads, jax {jax.__version__} on {jax.devices()[0].platform}')
-  variables, batch = calibrated_variables(cfg)
+  if args.params:
+    cfg, params_variables, _ = model_io.load_params(args.params)
+    variables, batch = params_variables['generator'], forward_bench._inputs(cfg)  # pylint: disable=protected-access
+  else:
+    cfg = BilayerConfig()
+    variables, batch = calibrated_variables(cfg)
+  print(f'{args.params or "random paper-config weights"}: {cfg.image_size}^2, batch 1, {args.threads} threads, '
+        f'jax {jax.__version__} on {jax.devices()[0].platform}')
   anim = animator_lib.Animator(cfg, variables,
                                preprocessor=preprocess.FacePreprocessor(cfg.image_size, landmarks='dlib'), chunk=1)
-  source = anim.preprocessor.source(skimage.data.astronaut())
+  photo = video.read_image(args.source) if args.source else skimage.data.astronaut()
+  source = anim.preprocessor.source(photo, name=args.source or 'astronaut')
   init_s, export_s = {}, {}
-  for enhance in (False, True):
+  for enhance in (False, True)[:1 + anim.has_enhancer]:
     anim.init_avatar(source, enhance=enhance)  # compile
     name = 'avatar init' + (' + enhancer' if enhance else '')
     times = []
@@ -158,7 +171,7 @@ def main():
       module(torch_pose)
   fns['PyTorch'] = torch_call
   init_inputs = (source.imgs[:, 0], source.segs[:, 0], source.stickmen[:, 0], source.poses[:, 0])
-  for enhance in (False, True):
+  for enhance in (False, True)[:1 + anim.has_enhancer]:
     name = 'TFLite avatar init' + (' + enhancer' if enhance else '') + ' fp32'
     start = time.perf_counter()
     init_path = tflite_export.export_init_model(
@@ -179,7 +192,7 @@ def main():
         args.original_repo, cfg, {'generator': variables}, batch)['per-frame render']
   medians = _medians(fns, args.runs)
   baseline = medians.get('original PyTorch (this run)', ORIGINAL_PER_FRAME_S)
-  label = 'vs original (this run)' if args.original_repo else 'vs original 50 ms'
+  label = 'vs original (this run)' if args.original_repo else 'vs original 50 ms @ 256^2'
   print(f'\n{"per-frame runtime":34s} {"ms":>8s} {label:>24s} {"PSNR vs JAX":>12s} {"LF PSNR":>8s} '
         f'{"size MB":>8s}')
   for name, seconds in medians.items():
@@ -188,7 +201,7 @@ def main():
     size = f'{sizes[name] / 1e6:.2f}' if name in sizes else ''
     print(f'{name:34s} {seconds * 1e3:8.1f} {seconds / baseline:23.2f}x {psnr:>12s} {lf_psnr:>8s} {size:>8s}')
   print(f'warp field of this avatar: mean uv step between neighbouring pixels {uv_step_px:.2f} px '
-        '(a smooth warp moves well under 1 px per pixel)')
+        '(the rougher, the more quantised uv errors cost; see README "int8 quality")')
   print(f'\n{"per-avatar":34s} {"s":>8s}')
   for name, seconds in init_s.items():
     print(f'{name:34s} {seconds:8.2f}')

@@ -9,7 +9,8 @@ tflite: the folded per-frame network of the photo's avatar (136 keypoints -> ima
   contract next to it; --with_init also writes <out>_init.tflite (crop, mask, stickman, pose -> avatar
   arrays; with the texture enhancer unless --noenhance) and <out>_generic.tflite (poses + avatar arrays ->
   image + mask), so both halves run on a phone.
-  int8 is calibrated on the keypoints of --driver (default: the in-package talking-face clip).
+  int8 is calibrated on the keypoints of --driver (default: the in-package talking-face clip); int8 and
+  dynamic models are first equalised on them (same function in float, less quantisation error).
 torch: a TorchScript file of `torch_frame_net.FrameNet` (load with torch.jit.load, no bilayer_jax needed).
 original: args.txt + checkpoints/<epoch>_<net>.pth (the original's code loads it); no photo needed.
 Every export is checked against the JAX model on driver poses; the script prints max |error| and PSNR.

@@ -4,6 +4,7 @@ per-frame module, the original's run layout, and the drive/export command lines.
 Model: the fixtures' original run (imported official-format weights, 64^2); photo: scikit-image's astronaut.
 """
 
+import pathlib
 import subprocess
 import sys
 
@@ -95,8 +96,8 @@ def test_tflite_quantised_variants(net, poses, tmp_path):
     results[quantize], outputs[quantize] = export_cli.psnr(images, ref), images
   # fp16 weights carry 11 significant bits, int8 weights (dynamic range) 8: each lost bit costs ~6 dB.
   # These fixture weights are untrained, with a texture of large gradients that magnifies every error
-  # through the warp (measured: fp16 44.0 dB, dynamic 19.3 dB), hence thresholds ~4 dB below; they
-  # catch a broken export. Full int8 is experimental (README; 12.9 dB here): it must run, stay finite and
+  # through the warp (measured: fp16 44.0 dB, dynamic 19.8 dB), hence thresholds ~4 dB below; they
+  # catch a broken export. Full int8 is experimental (README; 13.2 dB here): it must run, stay finite and
   # keep its float parts float.
   assert results['fp16'] > 40, results
   assert results['dynamic'] > 15, results
@@ -140,6 +141,32 @@ def test_equalisation_keeps_the_function_and_evens_out_channel_ranges(net, poses
   assert all(np.array_equal(unchanged.arrays[k], v) for k, v in net.arrays.items())
   with pytest.raises(ValueError, match='strength'):
     equalize.equalize(net, poses, 1.5)
+
+
+# Weights trained by bilayer_jax: `python run.py --config configs/demo.py:base --config.num_steps=3500` (64^2,
+# demo widths, the in-package clip), generator networks only (`model_io.save_params`; its config.json holds
+# the training config). Trained warps are far smoother than untrained ones (mean uv step between pixels
+# 2.2 px against 4.6 px at 64^2), which is what quantised quality depends on.
+TRAINED_PARAMS = pathlib.Path(__file__).parent / 'fixtures' / 'trained_demo'
+
+
+def test_quantised_quality_on_trained_weights(tmp_path):
+  anim = animator_lib.Animator.from_params(str(TRAINED_PARAMS))
+  anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks='dlib')
+  net = anim.fold(anim.init_avatar(skimage.data.astronaut()))
+  poses = export_cli.driver_poses(anim, max_frames=60)
+  ref = _reference(net, poses)
+  results = {}
+  for quantize in ('dynamic', 'int8'):
+    path = tflite_export.export_frame_model(net, tmp_path / f'{quantize}.tflite', quantize, representative_poses=poses)
+    runner = tflite_export.LiteRunner(path)
+    images = np.concatenate([runner(poses[i:i + 1])[0] for i in range(len(poses))])
+    results[quantize] = export_cli.psnr(images, ref)
+  # Measured: dynamic 40.1 dB equalised (38.6 dB without), int8 27.2 dB; thresholds ~3 dB below. Dynamic
+  # range meets the >= 35 dB goal on trained weights; full int8 requantises every intermediate tensor and
+  # does not (README, "int8 quality").
+  assert results['dynamic'] > 37, results
+  assert results['int8'] > 23, results
 
 
 def test_int8_needs_representative_poses_and_unknown_quantisation_fails(net, tmp_path):

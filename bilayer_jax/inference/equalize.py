@@ -29,9 +29,9 @@ import numpy as np
 
 from bilayer_jax.inference import folding
 
-# The balance point of cross-layer equalisation. On random paper-config weights (channel ranges within ~2x)
-# 1 measured best (int8 LF PSNR 31.0 / 31.3 / 31.5 dB at 0.5 / 0.75 / 1); with the wider spreads of trained
-# adaptive norms, full strength would move them all into the consumers' per-channel weight scales.
+# The balance point of cross-layer equalisation: 0 leaves the network alone, 1 moves every activation
+# channel's range into the consumer's per-channel weight scales. What exports use is measured per
+# quantisation (tflite_export.EQUALISATION_STRENGTH); this default is the even split.
 DEFAULT_STRENGTH = 0.5
 RANGE_CHUNK = 8  # poses per forward when measuring ranges (the taps of 8 poses at 256^2: ~0.3 GB)
 

@@ -13,8 +13,9 @@ Models (all float32 interfaces; the quantised variants quantise inside):
     `source_stickman` (1, S, S, 3) in [-1, 1] (bilayer_jax.data.stickman rules), `source_pose` (1, 136)
 Quantisation: 'fp16' (float16 weights), 'dynamic' (int8 weights, float activations), 'int8' (int8
 weights and activations of the conv trunk calibrated on representative poses; the keypoint MLP, the
-output heads and the warp stay float, see FLOAT_SCOPES and FLOAT_FROM_SCOPES; float32 in/out; the baked
-model's channels are first equalised on the same poses, see `bilayer_jax.inference.equalize`).
+output heads and the warp stay float, see FLOAT_SCOPES and FLOAT_FROM_SCOPES; float32 in/out). A baked
+int8 or dynamic model's channels are first equalised on the representative poses (required for int8,
+optional for dynamic), see `bilayer_jax.inference.equalize`.
 Each export writes `<model>.json` next to the .tflite with the input/output names, shapes and ranges.
 """
 
@@ -39,6 +40,12 @@ QUANTIZATIONS = ('none', 'fp16', 'dynamic', 'int8')
 # (paper config, folded).
 FLOAT_SCOPES = ('keypoint_mlp',)
 FLOAT_FROM_SCOPES = ('heads', 'warp')
+# Equalisation strength per quantisation (`equalize.equalize`), from image PSNR vs fp32 over 60 driver
+# poses at 0.5 / 1 (README "int8 quality"): int8 on paper-config weights trained 150 / 300 steps
+# 40.9 / 40.6 and 30.0 / 31.9 dB, on demo weights trained 3500 steps 26.7 / 27.2 dB, random paper-config
+# LF 31.0 / 31.5 dB; dynamic (whose weights lose precision when scaled, its activations less) 36.7 / 36.2
+# dB (paper, 300 steps) and 40.1 / 39.1 dB (demo).
+EQUALISATION_STRENGTH = {'int8': 1.0, 'dynamic': 0.5}
 
 
 class ExportError(ValueError):
@@ -174,19 +181,21 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
     batch: frames per call (fixed input shape).
     baked: bake the avatar arrays in as constants (False: they become inputs after `poses`).
     representative_poses: (K, 136) poses for int8 calibration (e.g. a driving video's keypoints); a baked
-      int8 model is also equalised on them (`equalize.equalize`, same function in float).
+      int8 or dynamic model is also equalised on them (`equalize.equalize`, same function in float), which
+      dynamic-range quantisation gains from too (its activations are quantised per tensor at run time).
     low_res_upsample_conv: see `folding.frame_forward` (measured on LiteRT at 256², 2 threads: 50 ms vs 64).
   """
   tf = _tf()
   spec = net.spec
   avatar_names = [] if baked else avatar_input_names(net.arrays)
   representative = None
-  if quantize == 'int8':
-    if representative_poses is None or not len(representative_poses):
-      raise ExportError('--quantize int8 needs representative poses (a driving video or recorded keypoints)')
+  if quantize == 'int8' and (representative_poses is None or not len(representative_poses)):
+    raise ExportError('--quantize int8 needs representative poses (a driving video or recorded keypoints)')
+  if quantize in ('int8', 'dynamic') and representative_poses is not None and len(representative_poses):
     poses = np.asarray(representative_poses, np.float32).reshape(-1, 136)
     if baked:  # (the generic model takes the avatar arrays as the init model writes them)
-      net = equalize.equalize(net, poses)
+      net = equalize.equalize(net, poses, EQUALISATION_STRENGTH[quantize])
+  if quantize == 'int8':
 
     def representative():
       for i in range(0, len(poses) - batch + 1, batch):
