@@ -143,10 +143,11 @@ def test_equalisation_keeps_the_function_and_evens_out_channel_ranges(net, poses
     equalize.equalize(net, poses, 1.5)
 
 
-# Weights trained by bilayer_jax: `python run.py --config configs/demo.py:base --config.num_steps=3500` (64^2,
-# demo widths, the in-package clip), generator networks only (`model_io.save_params`; its config.json holds
-# the training config). Trained warps are far smoother than untrained ones (mean uv step between pixels
-# 2.2 px against 4.6 px at 64^2), which is what quantised quality depends on.
+# Weights trained by bilayer_jax: `run.py --config configs/demo.py:base`, 3500 steps (64^2, demo widths,
+# the in-package clip; README "int8 quality" gives the exact run), generator networks only
+# (`model_io.save_params`; its config.json holds the training config). Trained warps are far smoother than
+# untrained ones (mean uv step between pixels 2.2 px against 4.6 px after one step), which is what
+# quantised quality depends on.
 TRAINED_PARAMS = pathlib.Path(__file__).parent / 'fixtures' / 'trained_demo'
 
 
