@@ -105,22 +105,70 @@ def test_tflite_quantised_variants(net, poses, tmp_path):
   _check_int8_layout(tflite_export.LiteRunner(tmp_path / 'int8.tflite'), net)
 
 
-def _check_int8_layout(runner, net):
-  """The int8 model's precision layout: int8 trunk convs with LEAKY_RELU (own output scale); the output
-  heads conv, the texture gather and the keypoint MLP's dense layers in float."""
+def _ops_and_heads(runner, net):
+  """(tensor details, ops in execution order, the output heads' CONV_2D) of an exported per-frame model."""
   tensors = runner.interpreter.get_tensor_details()
   ops = [op for op in runner.interpreter._get_ops_details() if op['op_name'] != 'DELEGATE']  # pylint: disable=protected-access
+  heads_channels = net.arrays['heads_kernel'].shape[-1]
+  heads = [op for op in ops if op['op_name'] == 'CONV_2D' and tensors[op['outputs'][0]]['shape'][-1] == heads_channels]
+  assert len(heads) == 1
+  return tensors, ops, heads[0]
+
+
+def _check_int8_layout(runner, net):
+  """The int8 model's precision layout: int8 trunk convs with LEAKY_RELU (own output scale); the last
+  residual add, the final norm and its LeakyReLU, the output heads conv, the texture gather and the
+  keypoint MLP's dense layers in float."""
+  tensors, ops, heads = _ops_and_heads(runner, net)
   out_dtype = lambda op: tensors[op['outputs'][0]]['dtype']
   convs = [op for op in ops if op['op_name'] == 'CONV_2D']
-  heads_channels = net.arrays['heads_kernel'].shape[-1]
-  heads = [op for op in convs if tensors[op['outputs'][0]]['shape'][-1] == heads_channels]
-  assert len(heads) == 1 and out_dtype(heads[0]) == np.float32
-  assert all(out_dtype(op) == np.int8 for op in convs if op is not heads[0])
+  assert out_dtype(heads) == np.float32
+  assert all(out_dtype(op) == np.int8 for op in convs if op is not heads)
   assert [op for op in ops if op['op_name'] == 'LEAKY_RELU' and out_dtype(op) == np.int8]
+  output_norm = [op for op in ops if '/output_norm/' in tensors[op['outputs'][0]]['name']]
+  assert {op['op_name'] for op in output_norm} >= {'ADD', 'MUL'}
+  assert all(out_dtype(op) == np.float32 for op in output_norm)
+  feeding_heads = [op for op in ops if heads['inputs'][0] in op['outputs']]
+  assert [op['op_name'] for op in feeding_heads] == ['LEAKY_RELU'] and out_dtype(feeding_heads[0]) == np.float32
   gathers = [op for op in ops if op['op_name'].startswith('GATHER')]
   assert gathers and all(out_dtype(op) == np.float32 for op in gathers)
   dense = [op for op in ops if op['op_name'] == 'FULLY_CONNECTED' and len(tensors[op['inputs'][0]]['shape']) == 2]
   assert dense and all(out_dtype(op) == np.float32 for op in dense)
+
+
+def _wide_random_net(seed=0):
+  """A folded per-frame network with random weights, 32^2, whose heads filter (3x3x32x6) has more than
+  the 1024 elements below which the converter leaves a filter float anyway."""
+  spec = folding.FrameNetSpec(image_size=32, num_harmonics=0, num_mlp_layers=2, pose_channels=16, pose_size=4,
+                              num_blocks=3, pred_segmentation=True)
+  rng = np.random.default_rng(seed)
+  weight = lambda *shape: rng.normal(0, 1 / np.sqrt(np.prod(shape[:-1])), shape)
+  channels = [16, 32, 32, 32]
+  arrays = {'mlp0_kernel': weight(136, 64), 'mlp0_bias': np.zeros(64), 'mlp1_kernel': weight(64, 16 * 4 * 4),
+            'mlp1_bias': np.zeros(256), 'texture': rng.uniform(-1, 1, (32, 32, 3))}
+  for k, (cin, cout) in enumerate(zip(channels, channels[1:])):
+    arrays.update({f'block{k}_norm1_scale': rng.uniform(0.5, 2, cin), f'block{k}_norm1_shift': rng.normal(0, 0.1, cin),
+                   f'block{k}_conv1_kernel': weight(3, 3, cin, cout), f'block{k}_conv1_bias': np.zeros(cout),
+                   f'block{k}_conv2_kernel': weight(3, 3, cout, cout), f'block{k}_conv2_bias': np.zeros(cout),
+                   f'block{k}_skip_kernel': weight(cin, cout), f'block{k}_skip_bias': np.zeros(cout)})
+  arrays.update({'final_scale': rng.uniform(0.5, 2, 32), 'final_shift': np.zeros(32),
+                 'heads_kernel': 0.1 * weight(3, 3, 32, 6), 'heads_bias': np.zeros(6)})
+  return folding.FoldedFrameNet(spec, {k: np.asarray(v, np.float32) for k, v in arrays.items()})
+
+
+def test_dynamic_range_keeps_the_heads_float(tmp_path):
+  net = _wide_random_net()
+  poses = np.random.default_rng(1).uniform(-0.8, 0.8, (8, 136)).astype(np.float32)
+  runner = tflite_export.LiteRunner(tflite_export.export_frame_model(net, tmp_path / 'd.tflite', 'dynamic',
+                                                                     representative_poses=poses))
+  tensors, ops, heads = _ops_and_heads(runner, net)
+  filter_dtype = lambda op: tensors[op['inputs'][1]]['dtype']
+  convs = [op for op in ops if op['op_name'] == 'CONV_2D']
+  assert filter_dtype(heads) == np.float32  # restored: the converter quantises filters of >= 1024 elements
+  assert len(convs) > 1 and all(filter_dtype(op) == np.int8 for op in convs if op is not heads)
+  ref = _reference(net, poses[:2])
+  image = np.concatenate([runner(poses[i:i + 1])[0] for i in range(2)])
+  assert np.isfinite(image).all() and export_cli.psnr(image, ref) > 38  # measured 42.7 dB (41.5 with int8 heads)
 
 
 def test_equalisation_keeps_the_function_and_evens_out_channel_ranges(net, poses):
@@ -163,11 +211,12 @@ def test_quantised_quality_on_trained_weights(tmp_path):
     runner = tflite_export.LiteRunner(path)
     images = np.concatenate([runner(poses[i:i + 1])[0] for i in range(len(poses))])
     results[quantize] = export_cli.psnr(images, ref)
-  # Measured: dynamic 40.1 dB equalised (38.6 dB without), int8 27.2 dB; thresholds ~3 dB below. Dynamic
-  # range meets the >= 35 dB goal on trained weights; full int8 requantises every intermediate tensor and
-  # does not (README, "int8 quality").
+  # Measured: dynamic 40.1 dB equalised (38.6 dB without), int8 29.4 dB (27.2 dB before the last residual
+  # add and the final norm stayed float); thresholds ~3 dB below. Dynamic range meets the >= 35 dB goal on
+  # trained weights; full int8 requantises every intermediate tensor and does not at this size (README,
+  # "int8 quality").
   assert results['dynamic'] > 37, results
-  assert results['int8'] > 23, results
+  assert results['int8'] > 26, results
 
 
 def test_int8_needs_representative_poses_and_unknown_quantisation_fails(net, tmp_path):

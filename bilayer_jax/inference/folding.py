@@ -233,10 +233,12 @@ def frame_forward(spec: FrameNetSpec, arrays: Mapping[str, Array], poses: Array,
     else:
       h = _conv(_upsample2x(h), a[f'block{k}_conv2_kernel'], a[f'block{k}_conv2_bias'])
     skip = _upsample2x(x @ a[f'block{k}_skip_kernel'] + a[f'block{k}_skip_bias'])
-    x = h + skip
-  taps[f'stream{spec.num_blocks}'] = x
-  x = taps['final'] = x * a['final_scale'] + a['final_shift']
-  x = _leaky(x)
+    if k < spec.num_blocks - 1:
+      x = h + skip
+  with jax.named_scope('output_norm'):  # the last residual add and the final norm, full resolution
+    x = taps[f'stream{spec.num_blocks}'] = h + skip
+    x = taps['final'] = x * a['final_scale'] + a['final_shift']
+    x = _leaky(x)
   with jax.named_scope('heads'):
     y = _conv(x, a['heads_kernel'], a['heads_bias'])
   with jax.named_scope('warp'):
