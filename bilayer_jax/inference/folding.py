@@ -232,11 +232,12 @@ def frame_forward(spec: FrameNetSpec, arrays: Mapping[str, Array], poses: Array,
       h = layers.conv3x3_after_upsample(h, a[f'block{k}_conv2_kernel']) + a[f'block{k}_conv2_bias']
     else:
       h = _conv(_upsample2x(h), a[f'block{k}_conv2_kernel'], a[f'block{k}_conv2_bias'])
-    skip = _upsample2x(x @ a[f'block{k}_skip_kernel'] + a[f'block{k}_skip_bias'])
     if k < spec.num_blocks - 1:
-      x = h + skip
-  with jax.named_scope('output_norm'):  # the last residual add and the final norm, full resolution
-    x = taps[f'stream{spec.num_blocks}'] = h + skip
+      x = h + _upsample2x(x @ a[f'block{k}_skip_kernel'] + a[f'block{k}_skip_bias'])
+  # The last block's skip conv, its residual add and the final norm (`h` and `x` are still block L-1's).
+  with jax.named_scope('tail'):
+    last = spec.num_blocks - 1
+    x = taps[f'stream{spec.num_blocks}'] = h + _upsample2x(x @ a[f'block{last}_skip_kernel'] + a[f'block{last}_skip_bias'])
     x = taps['final'] = x * a['final_scale'] + a['final_shift']
     x = _leaky(x)
   with jax.named_scope('heads'):

@@ -12,11 +12,11 @@ Models (all float32 interfaces; the quantised variants quantise inside):
     inputs `source_img` (1, S, S, 3) in [-1, 1] (crop / 255 * 2 - 1), `source_seg` (1, S, S, 1) in [0, 1],
     `source_stickman` (1, S, S, 3) in [-1, 1] (bilayer_jax.data.stickman rules), `source_pose` (1, 136)
 Quantisation: 'fp16' (float16 weights), 'dynamic' (int8 weights, activations quantised at run time;
-the output heads keep float weights), 'int8' (int8 weights and activations of the conv trunk calibrated
-on representative poses; the keypoint MLP, the last residual add with the final norm, the output heads
-and the warp stay float, see FLOAT_SCOPES and FLOAT_FROM_SCOPES; float32 in/out). A baked int8 or
-dynamic model's channels are first equalised on the representative poses (required for int8, optional
-for dynamic), see `bilayer_jax.inference.equalize`.
+the last skip conv and the output heads keep float weights), 'int8' (int8 weights and activations of
+the conv trunk calibrated on representative poses; the keypoint MLP, the last block's skip conv and
+residual add, the final norm, the output heads and the warp stay float, see FLOAT_SCOPES and
+FLOAT_FROM_SCOPES; float32 in/out). A baked int8 or dynamic model's channels are first equalised on the
+representative poses (required for int8, optional for dynamic), see `bilayer_jax.inference.equalize`.
 Each export writes `<model>.json` next to the .tflite with the input/output names, shapes and ranges.
 """
 
@@ -35,15 +35,16 @@ from bilayer_jax.models.config import BilayerConfig
 
 QUANTIZATIONS = ('none', 'fp16', 'dynamic', 'int8')
 # Parts of the per-frame network (jax.named_scope names in folding.frame_forward) that int8 keeps in
-# float: the harmonic phases (an 8-bit pose moves sin(8 pi p) by ~0.1 rad), and from the last residual add
-# on, everything (FLOAT_FROM_SCOPES): the heads turn small differences of the full-resolution features into
-# uv, an 8-bit uv is ~1 texel at 256^2, which the warp turns into |texture gradient| of image error, and
-# the texture itself stays float. Requantising the features after the add, the norm and the LeakyReLU cost
-# 3 dB of image PSNR (paper config trained 60 steps: 37.6 -> 40.9 dB; demo weights 27.2 -> 29.4 dB). Together
-# ~5% of the multiply-adds (paper config, folded). Dynamic range keeps the weights under FLOAT_FROM_SCOPES
-# (the heads') float, see `_restore_float_weights`.
+# float: the harmonic phases (an 8-bit pose moves sin(8 pi p) by ~0.1 rad), and from the last block's skip
+# conv on, everything (FLOAT_FROM_SCOPES): the heads turn small differences of the full-resolution features
+# into uv, an 8-bit uv is ~1 texel at 256^2, which the warp turns into |texture gradient| of image error,
+# and the texture itself stays float. Requantising the last skip's output and the features after the
+# residual add, the final norm and the LeakyReLU cost 4 dB of image PSNR (paper config trained 60 steps:
+# 38.3 -> 42.1 dB; demo weights 27.2 -> 29.5 dB). Together ~6% of the multiply-adds (paper config, folded).
+# Dynamic range keeps the weights under FLOAT_FROM_SCOPES (the last skip's and the heads') float, see
+# `_restore_float_weights`.
 FLOAT_SCOPES = ('keypoint_mlp',)
-FLOAT_FROM_SCOPES = ('output_norm', 'heads', 'warp')
+FLOAT_FROM_SCOPES = ('tail', 'heads', 'warp')
 # Equalisation strength per quantisation (`equalize.equalize`), from image PSNR vs fp32 over 60 driver
 # poses at 0.5 / 1 (README "int8 quality"): int8 on paper-config weights trained 150 / 300 steps
 # 40.9 / 40.6 and 30.0 / 31.9 dB, on demo weights trained 3500 steps 26.7 / 27.2 dB, random paper-config
@@ -164,9 +165,10 @@ def _restore_float_weights(model: bytes, float_model: bytes) -> bytes:
 
   Dynamic range quantises each weighted op's input per tensor at run time. At the heads' input (the
   full-resolution features whose small differences are the warp's uv) that costs most of its error:
-  restoring the heads' filter took image PSNR from 42.0 to 52.1 dB (paper config trained 60 steps). The
-  converter has no per-op opt-out for dynamic range, so the filter is copied back from the float model and
-  the op runs as a float conv. (Filters under 1024 elements, as at the demo config, it leaves float anyway.)
+  restoring the heads' filter (and the last skip's) took image PSNR from 42.0 to 52.1 dB (paper config
+  trained 60 steps). The converter has no per-op opt-out for dynamic range, so the filters are copied back
+  from the float model and those ops run in float. (Filters under 1024 elements, as at the demo config, it
+  leaves float anyway.)
   """
   from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
   from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
