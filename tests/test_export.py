@@ -4,6 +4,7 @@ per-frame module, the original's run layout, and the drive/export command lines.
 Model: the fixtures' original run (imported official-format weights, 64^2); photo: scikit-image's astronaut.
 """
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -103,6 +104,12 @@ def test_tflite_quantised_variants(net, poses, tmp_path):
   assert results['dynamic'] > 15, results
   assert outputs['int8'].shape == ref.shape and np.isfinite(outputs['int8']).all()
   _check_int8_layout(tflite_export.LiteRunner(tmp_path / 'int8.tflite'), net)
+  # The .json contract records each model's numerics for app developers.
+  precision = {q: json.loads((tmp_path / f'{q}.json').read_text())['precision'] for q in ('fp16', 'dynamic', 'int8')}
+  assert precision['fp16'] == {'weights': 'float16, dequantised to float32 at load', 'activations': 'float32'}
+  assert precision['dynamic']['equalisation_strength'] == tflite_export.EQUALISATION_STRENGTH['dynamic']
+  assert precision['int8']['equalisation_strength'] == tflite_export.EQUALISATION_STRENGTH['int8']
+  assert f'calibrated on {len(poses)} poses' in precision['int8']['activations']
 
 
 def _ops_and_heads(runner, net):
@@ -126,7 +133,8 @@ def _check_int8_layout(runner, net):
   assert all(out_dtype(op) == np.int8 for op in convs if op is not heads)
   assert [op for op in ops if op['op_name'] == 'LEAKY_RELU' and out_dtype(op) == np.int8]
   skips = [op for op in ops if op['op_name'] == 'FULLY_CONNECTED' and len(tensors[op['inputs'][0]]['shape']) == 4]
-  assert len(skips) == net.spec.num_blocks and [out_dtype(op) for op in skips] == [np.int8] * (len(skips) - 1) + [np.float32]
+  assert len(skips) == net.spec.num_blocks
+  assert [out_dtype(op) for op in skips] == [np.int8] * (len(skips) - 1) + [np.float32]
   tail = [op for op in ops if '/tail/' in tensors[op['outputs'][0]]['name']]
   assert {op['op_name'] for op in tail} >= {'FULLY_CONNECTED', 'ADD', 'MUL'}
   assert all(out_dtype(op) == np.float32 for op in tail)

@@ -17,7 +17,8 @@ the conv trunk calibrated on representative poses; the keypoint MLP, the last bl
 residual add, the final norm, the output heads and the warp stay float, see FLOAT_SCOPES and
 FLOAT_FROM_SCOPES; float32 in/out). A baked int8 or dynamic model's channels are first equalised on the
 representative poses (required for int8, optional for dynamic), see `bilayer_jax.inference.equalize`.
-Each export writes `<model>.json` next to the .tflite with the input/output names, shapes and ranges.
+Each export writes `<model>.json` next to the .tflite with the input/output names, shapes and ranges
+(and, for per-frame models, the precision layout and equalisation strength).
 """
 
 import json
@@ -232,10 +233,12 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
   representative = None
   if quantize == 'int8' and (representative_poses is None or not len(representative_poses)):
     raise ExportError('--quantize int8 needs representative poses (a driving video or recorded keypoints)')
+  equalisation = None
   if quantize in ('int8', 'dynamic') and representative_poses is not None and len(representative_poses):
     poses = np.asarray(representative_poses, np.float32).reshape(-1, 136)
     if baked:  # (the generic model takes the avatar arrays as the init model writes them)
-      net = equalize.equalize(net, poses, EQUALISATION_STRENGTH[quantize])
+      equalisation = EQUALISATION_STRENGTH[quantize]
+      net = equalize.equalize(net, poses, equalisation)
   if quantize == 'int8':
 
     def representative():
@@ -265,8 +268,24 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
                  ([{'name': 'mask', 'shape': [batch, s, s, 1], 'dtype': 'float32', 'range': '[0, 1]',
                     'meaning': 'person mask: rgb * mask + background * (1 - mask)'}] if spec.pred_segmentation
                   else []),
+      'precision': _precision(quantize, equalisation, 0 if quantize != 'int8' else len(poses)),
   }
   return _write(path, model, contract)
+
+
+def _precision(quantize: str, equalisation: Optional[float], calibration_poses: int) -> Mapping:
+  """The contract's record of a per-frame model's numerics: what is quantised, what stays float and why
+  the avatar's weights differ from the float export's (equalisation rescales channels, same function)."""
+  scopes = ', '.join(FLOAT_FROM_SCOPES)
+  return {
+      'none': {'weights': 'float32', 'activations': 'float32'},
+      'fp16': {'weights': 'float16, dequantised to float32 at load', 'activations': 'float32'},
+      'dynamic': {'weights': f'int8 per channel, except float32 under scopes {scopes}',
+                  'activations': 'float32; quantised per tensor at run time where a weight is int8'},
+      'int8': {'weights': 'int8 per channel in the conv trunk',
+               'activations': f'int8 in the conv trunk, calibrated on {calibration_poses} poses; float32 under '
+                              f'scopes {", ".join(FLOAT_SCOPES)} and from scopes {scopes} on'},
+  }[quantize] | ({'equalisation_strength': equalisation} if equalisation is not None else {})
 
 
 def export_init_model(cfg: BilayerConfig, variables: Mapping, path: os.PathLike, enhance: bool = False,
