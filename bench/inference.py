@@ -134,7 +134,8 @@ def main():
 
   unfolded = lambda: anim._render_fn(anim.variables, avatar.as_dict(), pose)['imgs'].block_until_ready()  # pylint: disable=protected-access
   arrays = {k: jax.device_put(v) for k, v in net.arrays.items()}
-  folded_fns = {lr: jax.jit(lambda p, lr=lr: folding.frame_forward(net.spec, arrays, p, low_res_upsample_conv=lr)['image'])
+  folded_fns = {lr: jax.jit(lambda p, lr=lr: folding.frame_forward(net.spec, arrays, p,
+                                                                   low_res_upsample_conv=lr)['image'])
                 for lr in (True, False)}
   fns = {'JAX jit, unfolded': unfolded,
          'JAX jit, folded': lambda: folded_fns[True](pose).block_until_ready(),

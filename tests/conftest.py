@@ -14,10 +14,10 @@ for var, sub in (('KERAS_HOME', 'keras'), ('MPLCONFIGDIR', 'mpl'), ('TORCH_HOME'
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # run.py started by tests shares the tests' compilation cache.
 os.environ.setdefault('BILAYER_JAX_COMPILATION_CACHE', str(_CACHE / 'jax'))
-# The float32 tolerances (fixtures README §5 and the sharded-vs-single checks) hold for XLA:CPU's AVX2 code;
-# with AVX-512 (same jaxlib) the gradients of the feature-matching term drift further from float64: median
-# relative error 7.5e-4 against 2.2e-5 with AVX2, while our float64 gradients match the original's. Tests pin
-# the instruction set (before jax starts; CLI subprocesses inherit it) so they judge our code, not the CPU.
+# XLA:CPU's code generation changes how far float32 step gradients drift from float64 (feature-matching
+# term; per-tensor worst error relative to max|ref|: 1e-4 to 8e-3 with AVX2 code depending on the CPU,
+# 4.6e-2 with SSE4.2 code, while our float64 gradients match the original's). Tests pin the instruction set
+# (before jax starts; CLI subprocesses inherit it) so the float32 bounds judge our code, not the CPU.
 if platform.machine().lower() in ('x86_64', 'amd64') and 'xla_cpu_max_isa' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 

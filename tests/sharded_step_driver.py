@@ -3,9 +3,10 @@
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharded_step_driver.py OUT.npz
 
 Runs the same two steps (same fresh state, same two global batches of 8 identities) single-device,
-single-device with the batch order reversed (the float32 noise floor), data parallel (mesh of 8) and FSDP (parameters and Adam moments sharded over the 8 devices), and writes the
-metrics and state after each step to OUT.npz ('<mode>/step<i>/metrics/<name>', '<mode>/step<i>/state<path>')
-plus how many state leaves each mode sharded ('<mode>/num_sharded').
+single-device with the batch order reversed (the float32 noise floor), data parallel (mesh of 8) and FSDP
+(parameters and Adam moments sharded over the 8 devices), and writes the metrics and state after each step
+to OUT.npz ('<mode>/step<i>/metrics/<name>', '<mode>/step<i>/state<path>') plus how many state leaves
+each mode sharded ('<mode>/num_sharded').
 """
 
 import functools

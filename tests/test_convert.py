@@ -82,7 +82,8 @@ def test_checkpoint_of_another_config_is_rejected(fixtures_dir, tmp_path):
   run = _copy_run(fixtures_dir, tmp_path / 'run')
   args = (run / 'args.txt').read_text().replace('pse_num_channels: 32', 'pse_num_channels: 64')
   (run / 'args.txt').write_text(args)
-  with pytest.raises(torch_names.CheckpointMismatchError, match=r"(?s)keypoints_embedder .*expected shape \(64, 1088\)"):
+  with pytest.raises(torch_names.CheckpointMismatchError,
+                     match=r"(?s)keypoints_embedder .*expected shape \(64, 1088\)"):
     original.import_run(run, 1)
 
 

@@ -20,7 +20,7 @@ from configs import demo as demo_config
 
 import train_utils
 
-DEMO_STEPS = 40
+DEMO_STEPS = 120
 
 
 @pytest.fixture(scope='module')

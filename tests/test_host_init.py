@@ -19,7 +19,8 @@ def _pairs():
   batch = _batch(MICRO, 1, 1, 1)
   init_gen = lambda: gen.init(jax.random.PRNGKey(0), batch, pred_source_data=True, enhance=True)
   s = MICRO.image_size
-  init_dis = lambda: disc.init(jax.random.PRNGKey(1), np.zeros((1, s, s, 3), np.float32), np.zeros((1, s, s, 3), np.float32))
+  frame = np.zeros((1, s, s, 3), np.float32)
+  init_dis = lambda: disc.init(jax.random.PRNGKey(1), frame, frame)
   for fn in (init_gen, init_dis):
     yield jax.jit(fn)(), host_init.initialize_like(jax.eval_shape(fn), seed=3)
 

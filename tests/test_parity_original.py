@@ -66,7 +66,8 @@ def test_base_training_forward_and_buffers(small_run, fixtures_dir):
   cfg, variables, _ = small_run
   batch = _training_batch(fixtures_dir)
   gen = BilayerGenerator(cfg, with_enhancer=False)
-  gen_vars = {c: {n: t for n, t in tree.items() if n != 'texture_enhancer'} for c, tree in variables['generator'].items()}
+  gen_vars = {c: {n: t for n, t in tree.items() if n != 'texture_enhancer'}
+              for c, tree in variables['generator'].items()}
   out, state_gen = jax.jit(lambda v, b: gen.apply(v, b, train=BASE_NETS, inf_apply_masks=True,
                                                   mutable=['batch_stats', 'spectral']))(gen_vars, batch)
   dout, state_dis = discriminator_passes(Discriminator(cfg), variables['discriminator'], out['target_imgs'],
@@ -120,7 +121,8 @@ def test_frozen_networks_pass_no_gradient(small_run, fixtures_dir):
   cfg, variables, _ = small_run
   batch = _training_batch(fixtures_dir)
   gen = BilayerGenerator(cfg, with_enhancer=False)
-  gen_vars = {c: {n: t for n, t in tree.items() if n != 'texture_enhancer'} for c, tree in variables['generator'].items()}
+  gen_vars = {c: {n: t for n, t in tree.items() if n != 'texture_enhancer'}
+              for c, tree in variables['generator'].items()}
   trained = ('texture_generator', 'inference_generator')
 
   def loss(params):

@@ -19,7 +19,8 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def _env(num_devices: int):
-  return {**os.environ, 'XLA_FLAGS': f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={num_devices}",
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={num_devices}"
+  return {**os.environ, 'XLA_FLAGS': flags,
           'JAX_DISABLE_MOST_OPTIMIZATIONS': '1', 'JAX_PLATFORMS': 'cpu',
           'JAX_COMPILATION_CACHE_DIR': os.environ['BILAYER_JAX_COMPILATION_CACHE']}
 

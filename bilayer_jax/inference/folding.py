@@ -237,7 +237,8 @@ def frame_forward(spec: FrameNetSpec, arrays: Mapping[str, Array], poses: Array,
   # The last block's skip conv, its residual add and the final norm (`h` and `x` are still block L-1's).
   with jax.named_scope('tail'):
     last = spec.num_blocks - 1
-    x = taps[f'stream{spec.num_blocks}'] = h + _upsample2x(x @ a[f'block{last}_skip_kernel'] + a[f'block{last}_skip_bias'])
+    skip = x @ a[f'block{last}_skip_kernel'] + a[f'block{last}_skip_bias']
+    x = taps[f'stream{spec.num_blocks}'] = h + _upsample2x(skip)
     x = taps['final'] = x * a['final_scale'] + a['final_shift']
     x = _leaky(x)
   with jax.named_scope('heads'):

@@ -47,10 +47,9 @@ QUANTIZATIONS = ('none', 'fp16', 'dynamic', 'int8')
 FLOAT_SCOPES = ('keypoint_mlp',)
 FLOAT_FROM_SCOPES = ('tail', 'heads', 'warp')
 # Equalisation strength per quantisation (`equalize.equalize`), from image PSNR vs fp32 over 60 driver
-# poses at 0.5 / 1 (README "int8 quality"): int8 on paper-config weights trained 150 / 300 steps
-# 40.9 / 40.6 and 30.0 / 31.9 dB, on demo weights trained 3500 steps 26.7 / 27.2 dB, random paper-config
-# LF 31.0 / 31.5 dB; dynamic (whose weights lose precision when scaled, its activations less) 36.7 / 36.2
-# dB (paper, 300 steps) and 40.1 / 39.1 dB (demo).
+# poses at 0.5 / 1 with the float tail (README "int8 quality"): int8 on paper-config weights trained 150
+# steps 43.3 / 44.6 dB, on demo weights trained 3500 steps 29.3 / 29.5 dB; dynamic (whose weights lose
+# precision when scaled, its activations less) 60.6 / 59.9 dB (paper, 150 steps), 52.2 / 49.9 dB (60 steps).
 EQUALISATION_STRENGTH = {'int8': 1.0, 'dynamic': 0.5}
 
 

@@ -175,7 +175,7 @@ class BatchNorm(nn.Module):
   Train mode normalises with the biased batch variance and stores the unbiased one; running statistics
   are updated as `(1 - momentum) * old + momentum * batch` (momentum 1.0 in the original: the last batch).
   Under `jax.jit` with a batch-sharded input, the statistics are over the global batch (SyncBN).
-  Statistics are computed in float32 whatever the compute dtype.
+  Statistics are computed in at least float32 (float32 for bfloat16 inputs, float64 for a float64 run).
   """
   affine: bool = True
   eps: float = 1e-7
@@ -187,7 +187,7 @@ class BatchNorm(nn.Module):
     running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (channels,), jnp.float32)
     running_var = self.variable('batch_stats', 'var', jnp.ones, (channels,), jnp.float32)
     batches_tracked = self.variable('batch_stats', 'num_batches_tracked', jnp.zeros, (), jnp.int32)
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     if train:
       axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(x32, axes)

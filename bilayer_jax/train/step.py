@@ -130,7 +130,8 @@ def compute_losses(cfg: StepConfig, state: State, trained: Mapping[str, Any], ba
       disc, {'params': params['discriminator'], **model_state['discriminator']}, out['target_imgs'],
       out[cfg.fake_key], batch['target_stickmen'], train=True)
   lc = cfg.losses
-  f32 = lambda x: jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), x)
+  # Losses in at least float32: bfloat16 outputs are upcast, a float64 reference run stays float64.
+  f32 = lambda x: jax.tree_util.tree_map(lambda a: a.astype(jnp.promote_types(a.dtype, jnp.float32)), x)
   losses = {
       'D_ADV': lc.adv_loss_weight * L.adversarial_dis(*f32((dout['real_scores'], dout['fake_scores_dis'])),
                                                       lc.adv_pred_type),
