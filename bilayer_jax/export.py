@@ -10,7 +10,8 @@ tflite: the folded per-frame network of the photo's avatar (136 keypoints -> ima
   arrays; with the texture enhancer unless --noenhance) and <out>_generic.tflite (poses + avatar arrays ->
   image + mask), so both halves run on a phone.
   int8 is calibrated on the keypoints of --driver (default: the in-package talking-face clip); int8 and
-  dynamic models are first equalised on them (same function in float, less quantisation error).
+  dynamic models are first equalised on them (same function in float, less quantisation error), at the
+  strength whose model renders them closest to float (recorded in the .json contract).
 torch: a TorchScript file of `torch_frame_net.FrameNet` (load with torch.jit.load, no bilayer_jax needed).
 original: args.txt + checkpoints/<epoch>_<net>.pth (the original's code loads it); no photo needed.
 Every export is checked against the JAX model on driver poses; the script prints max |error| and PSNR.
@@ -48,10 +49,9 @@ def _define_flags():
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-  """PSNR (dB) of two [-1, 1] images mapped to [0, 1] and clipped."""
-  a, b = (np.clip((np.asarray(x, np.float64) + 1) / 2, 0, 1) for x in (a, b))
-  mse = np.mean((a - b) ** 2)
-  return float('inf') if mse == 0 else float(10 * np.log10(1.0 / mse))
+  """PSNR (dB) of two [-1, 1] images mapped to [0, 1] and clipped (`tflite_export.psnr`)."""
+  from bilayer_jax.inference import tflite_export  # pylint: disable=g-import-not-at-top
+  return tflite_export.psnr(a, b)
 
 
 def driver_poses(anim, driver=None, max_frames: int = 120) -> np.ndarray:

@@ -107,8 +107,19 @@ def test_tflite_quantised_variants(net, poses, tmp_path):
   # The .json contract records each model's numerics for app developers.
   precision = {q: json.loads((tmp_path / f'{q}.json').read_text())['precision'] for q in ('fp16', 'dynamic', 'int8')}
   assert precision['fp16'] == {'weights': 'float16, dequantised to float32 at load', 'activations': 'float32'}
-  assert precision['dynamic']['equalisation_strength'] == tflite_export.EQUALISATION_STRENGTH['dynamic']
-  assert precision['int8']['equalisation_strength'] == tflite_export.EQUALISATION_STRENGTH['int8']
+  # Each quantised model is the better of the equalisation strengths on the selection poses, and the
+  # recorded PSNR is the written model's.
+  selection_poses = poses[np.linspace(0, len(poses) - 1, tflite_export.SELECTION_POSES).astype(int)]
+  selection_ref = _reference(net, selection_poses)
+  for quantize in ('dynamic', 'int8'):
+    record = precision[quantize]
+    scores = record['equalisation_image_psnr_db']
+    assert sorted(scores) == sorted(str(s) for s in tflite_export.EQUALISATION_STRENGTHS)
+    assert record['equalisation_selection_poses'] == tflite_export.SELECTION_POSES
+    assert scores[str(record['equalisation_strength'])] == max(scores.values())
+    runner = tflite_export.LiteRunner(tmp_path / f'{quantize}.tflite')
+    written = np.concatenate([runner(selection_poses[i:i + 1])[0] for i in range(len(selection_poses))])
+    assert abs(export_cli.psnr(written, selection_ref) - max(scores.values())) < 0.01
   assert f'calibrated on {len(poses)} poses' in precision['int8']['activations']
 
 

@@ -70,6 +70,18 @@ def step_outputs(request, small_run, fixtures_dir):
   return request.param, step_cfg, state, total, losses, grads
 
 
+def test_losses_match(step_outputs, fixtures_dir):
+  stage, _, _, total, losses, _ = step_outputs
+  name = 'outputs_train.npz' if stage == 'base' else 'outputs_enh_train.npz'
+  with np.load(fixtures_dir / name) as ref:
+    expected = sorted(k.split('/', 1)[1] for k in ref.files if k.startswith('losses/') and k != 'losses/total')
+    assert sorted(losses) == expected
+    ours = {f'losses/{k}': np.asarray([v]) for k, v in losses.items()}
+    ours['losses/total'] = np.asarray([total])
+    fixture_utils.compare(ours, dict(ref), fixture_utils.tolerances(name), ['losses/total'] +
+                          [f'losses/{k}' for k in expected])
+
+
 def _float64(tree):
   return jax.tree_util.tree_map(
       lambda a: np.asarray(a, np.float64) if np.issubdtype(np.asarray(a).dtype, np.floating) else a, tree)

@@ -16,9 +16,10 @@ the last skip conv and the output heads keep float weights), 'int8' (int8 weight
 the conv trunk calibrated on representative poses; the keypoint MLP, the last block's skip conv and
 residual add, the final norm, the output heads and the warp stay float, see FLOAT_SCOPES and
 FLOAT_FROM_SCOPES; float32 in/out). A baked int8 or dynamic model's channels are first equalised on the
-representative poses (required for int8, optional for dynamic), see `bilayer_jax.inference.equalize`.
+representative poses (required for int8, optional for dynamic), see `bilayer_jax.inference.equalize`; the
+export converts each of EQUALISATION_STRENGTHS and keeps the model closest to float on those poses.
 Each export writes `<model>.json` next to the .tflite with the input/output names, shapes and ranges
-(and, for per-frame models, the precision layout and equalisation strength).
+(and, for per-frame models, the precision layout and the equalisation choice with its measured PSNRs).
 """
 
 import json
@@ -46,11 +47,14 @@ QUANTIZATIONS = ('none', 'fp16', 'dynamic', 'int8')
 # `_restore_float_weights`.
 FLOAT_SCOPES = ('keypoint_mlp',)
 FLOAT_FROM_SCOPES = ('tail', 'heads', 'warp')
-# Equalisation strength per quantisation (`equalize.equalize`), from image PSNR vs fp32 over 60 driver
-# poses at 0.5 / 1 with the float tail (README "int8 quality"): int8 on paper-config weights trained 150
-# steps 43.3 / 44.6 dB, on demo weights trained 3500 steps 29.3 / 29.5 dB; dynamic (whose weights lose
-# precision when scaled, its activations less) 60.6 / 59.9 dB (paper, 150 steps), 52.2 / 49.9 dB (60 steps).
-EQUALISATION_STRENGTH = {'int8': 1.0, 'dynamic': 0.5}
+# Equalisation strengths (`equalize.equalize`) a baked int8 or dynamic export tries; it keeps the one whose
+# model renders the representative poses closest to float. No strength wins everywhere: image PSNR vs fp32
+# over 60 driver poses at 0.5 / 1 with the float tail (README "int8 quality"), int8 on paper-config weights
+# trained 60, 150 and 300 steps 33.8 / 39.1, 34.7 / 33.8 and 44.1 / 40.5 dB, demo weights 29.3 / 29.5 dB;
+# dynamic (whose weights lose precision when scaled, its activations less) 56.9 / 53.6 dB (300 steps).
+EQUALISATION_STRENGTHS = (0.5, 1.0)
+# Poses (spread over the representative set) each candidate renders to choose a strength.
+SELECTION_POSES = 16
 
 
 class ExportError(ValueError):
@@ -223,37 +227,42 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
     baked: bake the avatar arrays in as constants (False: they become inputs after `poses`).
     representative_poses: (K, 136) poses for int8 calibration (e.g. a driving video's keypoints); a baked
       int8 or dynamic model is also equalised on them (`equalize.equalize`, same function in float), which
-      dynamic-range quantisation gains from too (its activations are quantised per tensor at run time).
+      dynamic-range quantisation gains from too (its activations are quantised per tensor at run time), at
+      the strength of EQUALISATION_STRENGTHS whose model renders SELECTION_POSES of them closest to float.
     low_res_upsample_conv: see `folding.frame_forward` (measured on LiteRT at 256², 2 threads: 50 ms vs 64).
   """
   tf = _tf()
   spec = net.spec
   avatar_names = [] if baked else avatar_input_names(net.arrays)
-  representative = None
   if quantize == 'int8' and (representative_poses is None or not len(representative_poses)):
     raise ExportError('--quantize int8 needs representative poses (a driving video or recorded keypoints)')
-  equalisation = None
-  if quantize in ('int8', 'dynamic') and representative_poses is not None and len(representative_poses):
+  poses = None
+  if representative_poses is not None and len(representative_poses):
     poses = np.asarray(representative_poses, np.float32).reshape(-1, 136)
-    if baked:  # (the generic model takes the avatar arrays as the init model writes them)
-      equalisation = EQUALISATION_STRENGTH[quantize]
-      net = equalize.equalize(net, poses, equalisation)
-  if quantize == 'int8':
+  specs = [tf.TensorSpec((batch, 136), tf.float32, name='poses')]
+  specs += [tf.TensorSpec(net.arrays[k].shape, tf.float32, name=k) for k in avatar_names]
+
+  def convert(net: folding.FoldedFrameNet) -> bytes:
+    constants = {k: v for k, v in net.arrays.items() if k not in avatar_names}
+
+    def forward(poses, *avatar):
+      out = folding.frame_forward(spec, {**constants, **dict(zip(avatar_names, avatar))}, poses,
+                                  low_res_upsample_conv=low_res_upsample_conv)
+      return (out['image'], out['mask']) if spec.pred_segmentation else (out['image'],)
 
     def representative():
       for i in range(0, len(poses) - batch + 1, batch):
         yield [poses[i:i + batch]] + [net.arrays[k] for k in avatar_names]
+
+    return _convert(forward, specs, quantize, representative if quantize == 'int8' else None)
+
+  selection = None
+  # (the generic model takes the avatar arrays as the init model writes them: not equalised)
+  if quantize in ('int8', 'dynamic') and baked and poses is not None:
+    model, selection = _best_equalisation(net, poses, batch, convert, low_res_upsample_conv)
+  else:
+    model = convert(net)
   arrays = net.arrays
-  constants = {k: v for k, v in arrays.items() if k not in avatar_names}
-
-  def forward(poses, *avatar):
-    out = folding.frame_forward(spec, {**constants, **dict(zip(avatar_names, avatar))}, poses,
-                                low_res_upsample_conv=low_res_upsample_conv)
-    return (out['image'], out['mask']) if spec.pred_segmentation else (out['image'],)
-
-  specs = [tf.TensorSpec((batch, 136), tf.float32, name='poses')]
-  specs += [tf.TensorSpec(arrays[k].shape, tf.float32, name=k) for k in avatar_names]
-  model = _convert(forward, specs, quantize, representative)
   s = spec.image_size
   contract = {
       'model': 'bilayer_jax per-frame network' + (' (baked avatar)' if baked else ' (generic)'),
@@ -267,12 +276,41 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
                  ([{'name': 'mask', 'shape': [batch, s, s, 1], 'dtype': 'float32', 'range': '[0, 1]',
                     'meaning': 'person mask: rgb * mask + background * (1 - mask)'}] if spec.pred_segmentation
                   else []),
-      'precision': _precision(quantize, equalisation, 0 if quantize != 'int8' else len(poses)),
+      'precision': _precision(quantize, selection, 0 if quantize != 'int8' else len(poses)),
   }
   return _write(path, model, contract)
 
 
-def _precision(quantize: str, equalisation: Optional[float], calibration_poses: int) -> Mapping:
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+  """PSNR (dB) of two [-1, 1] images mapped to [0, 1] and clipped."""
+  a, b = (np.clip((np.asarray(x, np.float64) + 1) / 2, 0, 1) for x in (a, b))
+  mse = np.mean((a - b) ** 2)
+  return float('inf') if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+def _best_equalisation(net: folding.FoldedFrameNet, poses: np.ndarray, batch: int,
+                       convert: Callable[[folding.FoldedFrameNet], bytes], low_res_upsample_conv: bool):
+  """Converts the avatar equalised at each of EQUALISATION_STRENGTHS; returns the model whose images are
+  closest to float on SELECTION_POSES of the representative poses, and the record of the choice."""
+  count = max(batch, min(SELECTION_POSES, len(poses)) // batch * batch)
+  check = np.resize(poses[np.linspace(0, len(poses) - 1, min(count, len(poses))).astype(int)], (count, 136))
+  reference = np.asarray(folding.frame_forward(net.spec, net.arrays, check,
+                                               low_res_upsample_conv=low_res_upsample_conv)['image'])
+  scores, models = {}, {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for strength in EQUALISATION_STRENGTHS:
+      models[strength] = convert(equalize.equalize(net, poses, strength))
+      candidate = pathlib.Path(tmp) / f'strength_{strength}.tflite'
+      candidate.write_bytes(models[strength])
+      runner = LiteRunner(candidate)
+      images = np.concatenate([runner(check[i:i + batch])[0] for i in range(0, count, batch)])
+      scores[strength] = psnr(images, reference)
+  best = max(scores, key=scores.get)
+  return models[best], {'strength': best, 'psnr_db': {str(k): round(v, 2) for k, v in scores.items()},
+                        'poses': count}
+
+
+def _precision(quantize: str, selection: Optional[Mapping], calibration_poses: int) -> Mapping:
   """The contract's record of a per-frame model's numerics: what is quantised, what stays float and why
   the avatar's weights differ from the float export's (equalisation rescales channels, same function)."""
   scopes = ', '.join(FLOAT_FROM_SCOPES)
@@ -284,7 +322,9 @@ def _precision(quantize: str, equalisation: Optional[float], calibration_poses: 
       'int8': {'weights': 'int8 per channel in the conv trunk',
                'activations': f'int8 in the conv trunk, calibrated on {calibration_poses} poses; float32 under '
                               f'scopes {", ".join(FLOAT_SCOPES)} and from scopes {scopes} on'},
-  }[quantize] | ({'equalisation_strength': equalisation} if equalisation is not None else {})
+  }[quantize] | ({'equalisation_strength': selection['strength'],
+                  'equalisation_image_psnr_db': selection['psnr_db'],
+                  'equalisation_selection_poses': selection['poses']} if selection else {})
 
 
 def export_init_model(cfg: BilayerConfig, variables: Mapping, path: os.PathLike, enhance: bool = False,
