@@ -30,8 +30,8 @@ import numpy as np
 from bilayer_jax.inference import folding
 
 # The balance point of cross-layer equalisation: 0 leaves the network alone, 1 moves every activation
-# channel's range into the consumer's per-channel weight scales. What exports use is measured per
-# quantisation (tflite_export.EQUALISATION_STRENGTH); this default is the even split.
+# channel's range into the consumer's per-channel weight scales. Exports try several and keep the best per
+# avatar (tflite_export.EQUALISATION_STRENGTHS); this default is the even split.
 DEFAULT_STRENGTH = 0.5
 RANGE_CHUNK = 8  # poses per forward when measuring ranges (the taps of 8 poses at 256^2: ~0.3 GB)
 
