@@ -10,15 +10,22 @@ processes (GPU nodes, TPU pod hosts): start the same command on every host; with
 (or --distributed) jax.distributed.initialize() connects them (coordinator/process ids from the
 environment: TPU pods and SLURM need nothing else; otherwise set JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+
+Exit codes: 0 finished; 2 a user error (bad config value, missing or corrupt input: one line `error: ...`,
+nothing written; BILAYER_JAX_TRACEBACK=1 adds the traceback); 75 preempted (SIGTERM/SIGINT: the current
+stage's state is saved, no later stage starts; rerun the same command to resume); 1 anything else.
 """
 
 import logging as logging_std
 import os
+import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from bilayer_jax import cli
+from bilayer_jax import errors
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -37,8 +44,21 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno >= logging_std.WARNING or not any(n in record.pathname for n in noisy)
 
 
+def _config():
+  """FLAGS.config; a config file that cannot be loaded is a user error naming it."""
+  try:
+    FLAGS.config.get('stage')  # a file that failed to load raises on first use
+    return FLAGS.config
+  except OSError as e:
+    path = config_flags.get_config_filename(FLAGS['config'])
+    cause = e.__cause__ or e
+    what = 'no such file' if not os.path.exists(path.split(':')[0]) else f'cannot be loaded ({cause})'
+    raise errors.UserError(f'--config={path}: {what}') from e
+
+
 def main(argv):
   del argv
+  config = _config()
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   from bilayer_jax import train  # pylint: disable=g-import-not-at-top
@@ -56,15 +76,21 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # tf.data must not take accelerator memory
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(), jax.devices())
+  from bilayer_jax.train import config_checks  # pylint: disable=g-import-not-at-top
+  config_checks.check(config)
   if FLAGS.mode == 'eval':
     from bilayer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
-    results = runner.evaluate(FLAGS.config, FLAGS.workdir)
+    results = runner.evaluate(config, FLAGS.workdir)
     logging.info('self-reenactment: %s', results['self_reenactment']['summary'])
     return
   from bilayer_jax.train import loop  # pylint: disable=g-import-not-at-top
-  loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  summary = loop.train_and_evaluate(config, FLAGS.workdir)
+  if summary.get('preempted'):
+    logging.warning('preempted in the %s stage at step %d: rerun the same command to resume (exit code %d)',
+                    summary['stage'], summary['end_step'], errors.EXIT_PREEMPTED)
+    sys.exit(errors.EXIT_PREEMPTED)
 
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  cli.run(main)

@@ -1,25 +1,32 @@
 r"""Drive a photo with a video: the one-shot avatar of --source, animated by the poses of --driver.
 
     python -m bilayer_jax.drive --params runs/demo/enhancer/params --source photo.jpg --driver video.mp4 \
-        --out out.mp4 [--side_by_side] [--enhance|--noenhance] [--background 255,255,255|bg.jpg]
+        --out out.mp4 [--side_by_side] [--enhance|--noenhance] [--background 255,255,255|bg.jpg] \
+        [--face_index N | --face_box x0,y0,x1,y1] [--detector hog|cnn] [--max_faceless_fraction 0.5]
 
 --params is a bilayer_jax params directory: WORKDIR/<stage>/params of a training run, or official weights
-imported with `python -m bilayer_jax.tools.import_torch`. Writes an H.264 mp4 (only once complete) and
-prints a per-stage timing summary: source detection + avatar init (once), driver detection and the
-per-frame render (per frame). Driver frames without a face reuse the last pose.
+imported with `python -m bilayer_jax.tools.import_torch`. The inputs are checked first (the photo, the
+background, the driver's first frame), so a wrong path fails before the model is loaded. The photo's
+largest face is animated; --face_index (0 = largest) or --face_box (the detected face overlapping that
+box in photo pixels the most) choose another, and the faces found are printed when there are several.
+Driver frames without a face reuse the last pose; a driver where no frame, or more than
+--max_faceless_fraction of them, has a face is an error. Writes an H.264 mp4 (only once complete: on any
+error nothing is written) and prints a per-stage timing summary: source detection + avatar init (once),
+driver detection and the per-frame render (per frame). User errors print one line `error: ...` and exit 2.
 """
 
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 import tqdm.auto
 
+from bilayer_jax import cli
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import preprocess
 from bilayer_jax.inference import video
 from data_prep import images
+from data_prep import landmarks as landmarks_lib
 
 FLAGS = flags.FLAGS
 
@@ -27,7 +34,7 @@ FLAGS = flags.FLAGS
 def _define_flags():
   """Defines the command-line flags (only when run as a program)."""
   flags.DEFINE_string('params', None, 'bilayer_jax params directory.')
-  flags.DEFINE_string('source', None, 'Source photo (any size; one face).')
+  flags.DEFINE_string('source', None, 'Source photo (any size; its largest face unless chosen below).')
   flags.DEFINE_string('driver', None, 'Driving video (mp4 or anything FFmpeg decodes).')
   flags.DEFINE_string('out', None, 'Output .mp4.')
   flags.DEFINE_bool('side_by_side', False, 'Write [source crop | driver crop | result] per frame.')
@@ -35,6 +42,15 @@ def _define_flags():
   flags.DEFINE_string('background', '255,255,255', 'Background: "R,G,B" or an image file.')
   flags.DEFINE_string('landmarks', 'auto', 'Landmark backend: auto (face_alignment if its weights are '
                       'present, else dlib), dlib, face_alignment.')
+  flags.DEFINE_enum('detector', 'hog', list(landmarks_lib.DETECTORS), 'dlib face detector: hog, or cnn (also '
+                    'turned faces; seconds per photo on CPU; implies dlib landmarks).')
+  flags.DEFINE_integer('face_index', None, 'Which face of the source photo to animate: 0 = the largest '
+                       '(default), 1 = the next, ... (the faces found are printed when there are several).')
+  flags.DEFINE_string('face_box', None, 'x0,y0,x1,y1 in pixels of the source photo: animate the detected face '
+                      'that overlaps this box the most.')
+  flags.DEFINE_float('max_faceless_fraction', preprocess.DEFAULT_MAX_FACELESS_FRACTION, 'Fail (writing '
+                     'nothing) when more than this fraction of the driver frames has no face; a driver with no '
+                     'face at all always fails.')
   flags.DEFINE_string('segmentation', 'mediapipe_selfie', 'Segmentation backend for the source mask.')
   flags.DEFINE_integer('display_size', 256, 'Side of each panel in the output video (bicubic resize).')
   flags.DEFINE_integer('max_frames', None, 'Stop after this many driver frames.')
@@ -47,25 +63,20 @@ def parse_background(value: str):
   if len(parts) == 3 and all(p.strip().isdigit() for p in parts):
     colour = tuple(int(p) for p in parts)
     if any(c > 255 for c in colour):
-      raise ValueError(f'--background {value}: colour values must be 0-255')
+      raise preprocess.OptionError(f'--background {value}: colour values must be 0-255')
     return colour
   return video.read_image(value)
 
 
-def drive(params: str, source: str, driver: str, out: str, *, side_by_side: bool = False, enhance=None,
-          background='255,255,255', landmarks: str = 'auto', segmentation: str = 'mediapipe_selfie',
-          display_size: int = 256, max_frames=None, chunk: int = 8, progress: bool = True) -> dict:
-  """Runs the whole drive job; returns the timing summary (seconds) and counts."""
-  timings = {}
+def _avatar(params: str, photo: np.ndarray, source: str, timings: dict, *, enhance, landmarks: str,
+            segmentation: str, detector: str, chunk: int, face_index, face_box):
+  """(animator, preprocessed source, avatar) with the per-frame function compiled; fills `timings`."""
   start = time.perf_counter()
   anim = animator_lib.Animator.from_params(params, chunk=chunk)
-  anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks, segmentation)
-  bg = parse_background(background) if isinstance(background, str) else background
+  anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks, segmentation, detector=detector)
   timings['load'] = time.perf_counter() - start
-
-  photo = video.read_image(source)
   start = time.perf_counter()
-  inputs = anim.preprocessor.source(photo, name=source)
+  inputs = anim.preprocessor.source(photo, name=source, face_index=face_index, face_box=face_box)
   timings['source detect+crop+mask'] = time.perf_counter() - start
   start = time.perf_counter()
   avatar = anim.init_avatar(inputs, enhance=enhance)
@@ -73,21 +84,40 @@ def drive(params: str, source: str, driver: str, out: str, *, side_by_side: bool
   start = time.perf_counter()
   anim.render(avatar, inputs.poses.reshape(1, -1))  # compiles the per-frame function once
   timings['render compile'] = time.perf_counter() - start
+  return anim, inputs, avatar
 
-  fps, total = video.probe_video(driver)
-  if max_frames is not None:
-    total = min(total or max_frames, max_frames)
+
+def drive(params: str, source: str, driver: str, out: str, *, side_by_side: bool = False, enhance=None,
+          background='255,255,255', landmarks: str = 'auto', segmentation: str = 'mediapipe_selfie',
+          display_size: int = 256, max_frames=None, chunk: int = 8, progress: bool = True, face_index=None,
+          face_box=None, detector: str = 'hog',
+          max_faceless_fraction: float = preprocess.DEFAULT_MAX_FACELESS_FRACTION) -> dict:
+  """Runs the whole drive job; returns the timing summary (seconds), counts and the faces of the photo.
+
+  Raises:
+    errors.UserError subclasses: unreadable inputs (before the params are loaded), no face or no chosen
+    face in the photo, a driver without enough faces (then nothing is written).
+  """
+  timings = {}
+  start = time.perf_counter()
+  photo = video.read_image(source)
+  bg = parse_background(background) if isinstance(background, str) else background
+  fps, total = preprocess.open_driver(driver, max_frames)
+  coverage = preprocess.FaceCoverage(driver, max_faceless_fraction, total)
+  timings['open inputs'] = time.perf_counter() - start
+  anim, inputs, avatar = _avatar(params, photo, source, timings, enhance=enhance, landmarks=landmarks,
+                                 segmentation=segmentation, detector=detector, chunk=chunk,
+                                 face_index=face_index, face_box=face_box)
+  coverage.detector = anim.preprocessor.landmarks.name
   panel = lambda img: images.resize_bicubic(np.ascontiguousarray(img), display_size)
   source_panel = panel(inputs.crop)
   blank = np.zeros_like(source_panel)
   loop_timings = {}
-  stats = {'frames': 0, 'frames_without_face': 0}
 
   def frames():
     bar = tqdm.auto.tqdm(total=total, unit='frame', disable=not progress)  # a widget in notebooks
-    for frame, crop, out_frame in anim.drive(avatar, video.read_video(driver, max_frames), loop_timings):
-      stats['frames'] += 1
-      stats['frames_without_face'] += crop is None
+    driving = anim.drive(avatar, video.read_video(driver, max_frames), loop_timings, coverage)
+    for _, crop, out_frame in driving:
       result = panel(anim.composite({k: v[None] for k, v in out_frame.items()}, bg)[0])
       bar.update(1)
       if side_by_side:
@@ -97,13 +127,15 @@ def drive(params: str, source: str, driver: str, out: str, *, side_by_side: bool
     bar.close()
 
   start = time.perf_counter()
-  video.write_mp4(out, frames(), fps)
+  video.write_mp4(out, frames(), fps)  # raises (and writes nothing) when the driver has too few faces
   total_s = time.perf_counter() - start
-  n = max(stats['frames'], 1)
+  n = max(coverage.frames, 1)
   timings['driver detect+crop per frame'] = loop_timings['detect'] / n
   timings['render per frame'] = loop_timings['render'] / n
   timings['compose+encode per frame'] = (total_s - loop_timings['detect'] - loop_timings['render']) / n
-  return {'timings_s': timings, **stats, 'enhanced': avatar.enhanced, 'out': out}
+  return {'timings_s': timings, 'frames': coverage.frames, 'frames_without_face': coverage.faceless,
+          'coverage': coverage.summary(), 'enhanced': avatar.enhanced, 'out': out,
+          'face_index': inputs.face_index, 'faces': inputs.faces}
 
 
 def main(argv):
@@ -111,9 +143,14 @@ def main(argv):
   summary = drive(FLAGS.params, FLAGS.source, FLAGS.driver, FLAGS.out, side_by_side=FLAGS.side_by_side,
                   enhance=FLAGS.enhance, background=FLAGS.background, landmarks=FLAGS.landmarks,
                   segmentation=FLAGS.segmentation, display_size=FLAGS.display_size,
-                  max_frames=FLAGS.max_frames, chunk=FLAGS.chunk)
-  print(f'wrote {summary["out"]}: {summary["frames"]} frames ({summary["frames_without_face"]} without a '
-        f'face, pose reused), enhancer {"on" if summary["enhanced"] else "off"}')
+                  max_frames=FLAGS.max_frames, chunk=FLAGS.chunk, face_index=FLAGS.face_index,
+                  face_box=FLAGS.face_box, detector=FLAGS.detector,
+                  max_faceless_fraction=FLAGS.max_faceless_fraction)
+  if len(summary['faces']) > 1:
+    print(f'{FLAGS.source}: animated face #{summary["face_index"]}; '
+          f'{preprocess.describe_faces(summary["faces"])} (--face_index / --face_box choose another)')
+  print(f'wrote {summary["out"]}: {summary["frames"]} frames; {summary["coverage"]} (pose reused); '
+        f'enhancer {"on" if summary["enhanced"] else "off"}')
   for stage, seconds in summary['timings_s'].items():
     print(f'  {stage:42s} {seconds * 1000:10.1f} ms')
 
@@ -121,4 +158,4 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   flags.mark_flags_as_required(['params', 'source', 'driver', 'out'])
-  app.run(main)
+  cli.run(main)

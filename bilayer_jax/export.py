@@ -5,6 +5,11 @@ r"""Export an avatar's per-frame network to TFLite or PyTorch, or params to the 
     python -m bilayer_jax.export --params DIR --source photo.jpg --format torch --out avatar.pt
     python -m bilayer_jax.export --params DIR --format original --out runs/exported [--epoch 1]
 
+The photo's largest face is exported unless --face_index (0 = largest) or --face_box x0,y0,x1,y1 choose
+another (as in `bilayer_jax.drive`, with the same --detector and --landmarks). --driver is checked (opened,
+first frame decoded) before the model is loaded, and rejected when no frame, or more than
+--max_faceless_fraction of its frames, has a face (`preprocess.FaceCoverage`, shared with drive).
+
 tflite: the folded per-frame network of the photo's avatar (136 keypoints -> image + mask), with a .json
   contract next to it; --with_init also writes <out>_init.tflite (crop, mask, stickman, pose -> avatar
   arrays; with the texture enhancer unless --noenhance) and <out>_generic.tflite (poses + avatar arrays ->
@@ -15,20 +20,25 @@ tflite: the folded per-frame network of the photo's avatar (136 keypoints -> ima
 torch: a TorchScript file of `torch_frame_net.FrameNet` (load with torch.jit.load, no bilayer_jax needed).
 original: args.txt + checkpoints/<epoch>_<net>.pth (the original's code loads it); no photo needed.
 Every export is checked against the JAX model on driver poses; the script prints max |error| and PSNR.
+User errors print one line `error: ...` and exit 2.
 """
 
 import os
 import pathlib
 
-from absl import app
 from absl import flags
 import numpy as np
+
+from bilayer_jax import cli
+from bilayer_jax import errors
+from bilayer_jax.inference import preprocess  # light (no JAX): its defaults name the flags' defaults
+from data_prep import landmarks as landmarks_lib
 
 FLAGS = flags.FLAGS
 FORMATS = ('tflite', 'torch', 'original')
 
 
-class UsageError(ValueError):
+class UsageError(errors.UserError, ValueError):
   """An unsupported combination of export options."""
 
 
@@ -44,6 +54,12 @@ def _define_flags():
   flags.DEFINE_string('driver', None, 'Video whose keypoints calibrate int8 and check parity '
                       '(default: the in-package clip).')
   flags.DEFINE_string('landmarks', 'auto', 'Landmark backend (auto, dlib, face_alignment).')
+  flags.DEFINE_enum('detector', 'hog', list(landmarks_lib.DETECTORS), 'dlib face detector for the photo and '
+                    'driver: hog, or cnn (also turned faces; seconds per photo on CPU; implies dlib landmarks).')
+  flags.DEFINE_integer('face_index', None, 'Which face of the photo: 0 = the largest (default), 1 = the next...')
+  flags.DEFINE_string('face_box', None, 'x0,y0,x1,y1 in photo pixels: the detected face overlapping it the most.')
+  flags.DEFINE_float('max_faceless_fraction', preprocess.DEFAULT_MAX_FACELESS_FRACTION, 'Reject a --driver '
+                     'when more than this fraction of its frames has no face (one with none always fails).')
   flags.DEFINE_string('epoch', '1', 'original: epoch in the checkpoint names.')
   flags.DEFINE_integer('batch', 1, 'tflite: frames per call.')
 
@@ -54,25 +70,31 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
   return tflite_export.psnr(a, b)
 
 
-def driver_poses(anim, driver=None, max_frames: int = 120) -> np.ndarray:
-  """(K, 136) keypoints of a driving video's frames with a face (default: the in-package clip)."""
+def driver_poses(anim, driver=None, max_frames: int = 120,
+                 max_faceless_fraction: float = preprocess.DEFAULT_MAX_FACELESS_FRACTION) -> np.ndarray:
+  """(K, 136) keypoints of a driving video's frames with a face (default: the in-package clip).
+
+  Raises:
+    preprocess.DriverFaceError: no frame, or more than `max_faceless_fraction` of them, has a face.
+  """
   from bilayer_jax.inference import video  # pylint: disable=g-import-not-at-top
   from data_prep import sources  # pylint: disable=g-import-not-at-top
-  frames = video.read_video(driver or sources.carphone_path(), max_frames)
-  poses = [p for _, p, _ in anim.preprocessor.driver_poses(frames) if p is not None]
-  if not poses:
-    raise UsageError(f'{driver or "the demo clip"}: no face found in any frame')
-  return np.stack(poses)
+  path = driver or sources.carphone_path()
+  coverage = preprocess.FaceCoverage(driver or 'the demo clip', max_faceless_fraction,
+                                     preprocess.open_driver(path, max_frames)[1], anim.preprocessor.landmarks.name)
+  frames = video.read_video(path, max_frames)
+  return np.stack([p for _, p, _ in anim.preprocessor.driver_poses(frames, coverage) if p is not None])
 
 
-def load_avatar(params: str, source: str, enhance=None, landmarks: str = 'auto'):
+def load_avatar(params: str, source: str, enhance=None, landmarks: str = 'auto', detector: str = 'hog',
+                face_index=None, face_box=None):
   """(animator, preprocessed source, avatar) of the photo at `source` with the model in `params`."""
   from bilayer_jax.inference import animator as animator_lib  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.inference import preprocess  # pylint: disable=g-import-not-at-top
   from bilayer_jax.inference import video  # pylint: disable=g-import-not-at-top
+  photo = video.read_image(source)
   anim = animator_lib.Animator.from_params(params)
-  anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks)
-  inputs = anim.preprocessor.source(video.read_image(source), name=source)
+  anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks, detector=detector)
+  inputs = anim.preprocessor.source(photo, name=source, face_index=face_index, face_box=face_box)
   return anim, inputs, anim.init_avatar(inputs, enhance=enhance)
 
 
@@ -118,7 +140,9 @@ def compare(images: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none', with_init: bool = False,
-           enhance=None, driver=None, landmarks: str = 'auto', epoch: str = '1', batch: int = 1) -> dict:
+           enhance=None, driver=None, landmarks: str = 'auto', epoch: str = '1', batch: int = 1, *,
+           detector: str = 'hog', face_index=None, face_box=None,
+           max_faceless_fraction: float = preprocess.DEFAULT_MAX_FACELESS_FRACTION) -> dict:
   """Runs one export (see module docstring); returns {'files': [...], 'checks': {...}}."""
   if fmt not in FORMATS:
     raise UsageError(f'--format {fmt!r}: expected one of {FORMATS}')
@@ -136,9 +160,11 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
     raise UsageError(f'--format {fmt} exports one avatar: --source photo is required')
 
   from bilayer_jax.inference import folding  # pylint: disable=g-import-not-at-top
-  anim, inputs, avatar = load_avatar(params, source, enhance, landmarks)
+  if driver:
+    preprocess.open_driver(driver)  # a wrong path fails now, not after the avatar setup
+  anim, inputs, avatar = load_avatar(params, source, enhance, landmarks, detector, face_index, face_box)
   net = anim.fold(avatar)
-  poses = driver_poses(anim, driver)
+  poses = driver_poses(anim, driver, max_faceless_fraction=max_faceless_fraction)
   check = check_poses(poses, batch)
   reference = np.asarray(folding.frame_forward(net.spec, net.arrays, check)['image'])
   out_path = pathlib.Path(out)
@@ -168,7 +194,9 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
 def main(argv):
   del argv
   result = export(FLAGS.params, FLAGS.format, FLAGS.out, FLAGS.source, FLAGS.quantize, FLAGS.with_init,
-                  FLAGS.enhance, FLAGS.driver, FLAGS.landmarks, FLAGS.epoch, FLAGS.batch)
+                  FLAGS.enhance, FLAGS.driver, FLAGS.landmarks, FLAGS.epoch, FLAGS.batch, detector=FLAGS.detector,
+                  face_index=FLAGS.face_index, face_box=FLAGS.face_box,
+                  max_faceless_fraction=FLAGS.max_faceless_fraction)
   for f in result['files']:
     size = pathlib.Path(f).stat().st_size if pathlib.Path(f).is_file() else None
     print(f'wrote {f}' + (f' ({size / 1e6:.2f} MB)' if size else ''))
@@ -180,4 +208,4 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   flags.mark_flags_as_required(['params', 'format', 'out'])
-  app.run(main)
+  cli.run(main)

@@ -18,12 +18,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bilayer_jax import errors
 from bilayer_jax.models.config import BilayerConfig, NETWORK_NAMES
 
 FORMAT = 'bilayer_jax.params/1'
 
 
-class ParamsDirError(ValueError):
+class ParamsDirError(errors.UserError, ValueError):
   """A params directory is missing, incomplete or of another format."""
 
 

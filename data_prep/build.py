@@ -22,18 +22,53 @@ The result is read with ``bilayer_jax.data.input_pipeline.create_dataset(
 data_dir, split, dataset_name='talking_heads/NAME', ...)``. Re-running the
 same command resumes; ``--overwrite`` rebuilds the TFRecords from the cached
 per-video records (e.g. after adding videos).
+
+Before it creates any folder or starts tfds, the build checks its inputs: the
+input folder exists and holds at least one video whose first frame decodes,
+the output folders can be created, the name is a valid config name and the
+numeric options are in range. A bad input, or inputs of which no video turns
+out usable, ends with one line ``error: ...`` and exit status 2. A build that
+fails after tfds started removes what it created (empty folders, tfds's
+``incomplete.*`` folders) but keeps the records of processed videos, so a
+re-run resumes, and any previously complete dataset (``--overwrite`` restores
+it). The summary counts, per split, the videos kept, the examples written
+(longer videos give several) and the videos skipped, by reason.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import json
 import os
+import pathlib
+import re
 import shlex
+import shutil
 
+from bilayer_jax import cli
+from bilayer_jax import errors
+from data_prep import original
 from data_prep import process
+from data_prep import runner
+from data_prep import sources
 
 _DATASET = 'talking_heads'
+# Allowed (lowest, highest) value of each numeric option; None: no highest.
+_RANGES = {
+    'image_size': (1, None), 'seg_erode': (0, None),
+    'redetect_every': (1, None), 'jpeg_quality': (1, 100),
+    'frame_stride': (1, None), 'max_frames': (0, None),
+    'min_frames': (1, None), 'min_face_size': (0, None),
+    'min_input_side': (1, None), 'test_fraction': (0, 1),
+    'frames_per_example': (0, None), 'workers': (1, None),
+    'num_shards': (1, None)}
+# What tfds accepts as the config in a dataset name 'talking_heads/NAME'.
+_NAME = re.compile(r'\w[\w+.-]*')
+
+
+class InputError(errors.UserError):
+  """A flag or input path of the build is wrong; the message names it."""
 
 
 def split_glob(path: str) -> tuple[str, tuple[str, ...]]:
@@ -46,12 +81,90 @@ def split_glob(path: str) -> tuple[str, tuple[str, ...]]:
   return os.sep.join(parts[:i]) or os.sep, (os.sep.join(parts[i:]),)
 
 
+def check_inputs(config, data_dir: str, manual_dir: str | None = None, *,
+                 work_dir: str | None = None, num_workers: int | None = None,
+                 num_shards: int | None = None) -> None:
+  """Checks what a build needs before it creates anything (see build_dataset).
+
+  Raises:
+    InputError: a numeric option, the name or an output folder is wrong, or
+      the input folder is missing or not in the expected layout.
+    sources.NoUsableVideoError: no input video yields a frame.
+  """
+  numbers = dict(dataclasses.asdict(config.options),
+                 test_fraction=config.test_fraction,
+                 frames_per_example=config.frames_per_example,
+                 workers=num_workers, num_shards=num_shards)
+  for flag, (low, high) in _RANGES.items():
+    _check_range(flag, numbers.get(flag), low, high)
+  if not _NAME.fullmatch(config.name):
+    raise InputError(
+        f'--name {config.name!r}: expected a letter or digit, then letters, '
+        'digits or _ . + - '
+        f'(the dataset is read as {_DATASET}/NAME; the default NAME is the '
+        'input folder\'s name)')
+  _check_writable('--data_dir', data_dir)
+  if work_dir:
+    _check_writable('--work_dir', work_dir)
+  if config.source != 'demo':
+    _check_input(config, manual_dir)
+
+
+def _check_range(flag: str, value, low, high) -> None:
+  if value is None or (value >= low and (high is None or value <= high)):
+    return
+  kind = 'an integer' if isinstance(value, int) else 'a number'
+  expected = (f'{kind} from {low} to {high}' if high is not None else
+              f'{kind} >= {low}')
+  raise InputError(f'--{flag} {value}: expected {expected}')
+
+
+def _check_writable(flag: str, path: str) -> None:
+  """The folder exists and is writable, or can be created."""
+  path = os.path.abspath(os.path.expanduser(path))
+  existing = path
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise InputError(f'{flag} {path}: {existing} is not a folder')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise InputError(f'{flag} {path}: {existing} is not writable')
+
+
+def _check_input(config, root: str | None) -> None:
+  """The input folder exists and holds something the build can use."""
+  if not root:
+    raise InputError('--input: missing; expected a folder of videos')
+  if not os.path.isdir(root):
+    problem = 'is not a folder' if os.path.exists(root) else 'does not exist'
+    raise InputError(
+        f'--input {root}: {problem}; expected a folder of videos or frame '
+        'folders, or a quoted glob below one')
+  if config.source == 'original':
+    try:
+      jobs = original.discover(root)
+    except FileNotFoundError as e:
+      raise InputError(f'--input {e}') from e
+    if not jobs:
+      raise InputError(f'--input {root}: no PERSON/VIDEO/SEQ folder under '
+                       'imgs/train or imgs/test')
+    return
+  jobs, ignored = sources.discover(root, config.patterns,
+                                   config.test_fraction)
+  sources.check_usable(os.path.join(root, *config.patterns), jobs,
+                       len(ignored))
+
+
 def build_dataset(config, data_dir: str, manual_dir: str | None = None, *,
                   work_dir: str | None = None, num_workers: int | None = None,
                   use_beam: bool = False, beam_options=None,
                   overwrite: bool = False, retry_skipped: bool = False,
                   progress: bool = True, num_shards: int | None = None):
   """Builds (or resumes) a talking_heads dataset; returns the tfds builder.
+
+  The inputs are checked first (``check_inputs``). If the build then fails,
+  what it created is removed, except the records of processed videos (a
+  re-run resumes) and a previous complete dataset (see the module doc).
 
   Args:
     config: a ``builder.TalkingHeadsConfig``.
@@ -66,7 +179,13 @@ def build_dataset(config, data_dir: str, manual_dir: str | None = None, *,
     retry_skipped: redo videos skipped in earlier runs.
     progress: show progress bars.
     num_shards: force the number of TFRecord files per split.
+
+  Raises:
+    errors.UserError: bad inputs (InputError), no usable video
+      (sources.NoUsableVideoError), a missing backend or model.
   """
+  check_inputs(config, data_dir, manual_dir, work_dir=work_dir,
+               num_workers=num_workers, num_shards=num_shards)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from data_prep import builder as builder_lib  # pylint: disable=g-import-not-at-top
   if isinstance(beam_options, str):
@@ -82,15 +201,82 @@ def build_dataset(config, data_dir: str, manual_dir: str | None = None, *,
   download_config = tfds.download.DownloadConfig(
       manual_dir=manual_dir, download_mode=mode, try_download_gcs=False,
       beam_options=beam_options, num_shards=num_shards)
-  builder.download_and_prepare(download_config=download_config)
+  with _undone_if_failed(builder, overwrite):
+    builder.download_and_prepare(download_config=download_config)
   return builder
+
+
+@contextlib.contextmanager
+def _undone_if_failed(builder, overwrite: bool):
+  """Removes what a failed build created (see _FailedStart)."""
+  start = _FailedStart(builder, overwrite)
+  try:
+    yield
+  except BaseException:
+    start.undo()
+    raise
+  start.succeeded()
+
+
+class _FailedStart:
+  """What existed before a build, to remove what a failed build created.
+
+  tfds deletes a dataset before rebuilding it (``overwrite``); it is set
+  aside instead, and put back if the rebuild fails.
+  """
+
+  def __init__(self, builder, overwrite: bool):
+    self._builder = builder
+    self._data_path = pathlib.Path(builder.data_dir)
+    self._dataset_dir = self._data_path.parent
+    downloads = pathlib.Path(builder.data_dir_root) / 'downloads'
+    # Outermost folders that tfds may create (the work folder's are known to
+    # the builder only once the backends are resolved).
+    self._new = [runner.first_missing(p) for p in (
+        self._dataset_dir, self._dataset_dir.parent / '.config',
+        downloads / 'extracted')]
+    self._entries = (set(os.listdir(self._dataset_dir))
+                     if self._dataset_dir.is_dir() else set())
+    self._previous = None
+    if overwrite and self._data_path.is_dir():
+      self._previous = self._dataset_dir / f'.previous_{self._data_path.name}'
+      if self._previous.exists():  # left by a killed run; data_path is newer
+        shutil.rmtree(self._previous)
+      self._data_path.rename(self._previous)
+
+  def succeeded(self) -> None:
+    if self._previous:
+      shutil.rmtree(self._previous)
+
+  def undo(self) -> None:
+    if self._previous:
+      if self._data_path.exists():
+        shutil.rmtree(self._data_path)
+      self._previous.rename(self._data_path)
+    if self._dataset_dir.is_dir():
+      for name in set(os.listdir(self._dataset_dir)) - self._entries:
+        if name.startswith('incomplete.') or name == self._data_path.name:
+          shutil.rmtree(self._dataset_dir / name)
+    for path in self._new + [self._builder.created_work_folder]:
+      if path is not None and path.is_dir():
+        _prune(path)
+
+
+def _prune(folder: pathlib.Path) -> None:
+  """Deletes the folder but for the subfolders holding records (.npz)."""
+  if not any(folder.rglob('*.npz')):
+    shutil.rmtree(folder)
+    return
+  for child in folder.iterdir():
+    if child.is_dir() and not child.is_symlink():
+      _prune(child)
 
 
 def _registered(config, registered):
   """The registered config of the same name (tfds allows no other).
 
   Raises:
-    SystemExit: the name is registered with different settings.
+    InputError: the name is registered with different settings.
   """
   same = [c for c in registered if c.name == config.name]
   if not same:
@@ -99,8 +285,8 @@ def _registered(config, registered):
             'frames_per_example')
   if all(getattr(config, f) == getattr(same[0], f) for f in fields):
     return same[0]
-  raise SystemExit(
-      f'--name {config.name} is a predefined config with its own settings '
+  raise InputError(
+      f'--name {config.name}: a predefined config with its own settings '
       f'({same[0].description}); use the default options with it or choose '
       'another --name.')
 
@@ -155,22 +341,53 @@ def _parse(argv):
   return args
 
 
-def main(argv=None) -> None:
-  args = _parse(argv)
+def _config(args):
+  """(config, input root) from the command line."""
   from data_prep import builder as builder_lib  # pylint: disable=g-import-not-at-top
-  manual_dir, patterns = (None, ()) if args.demo else split_glob(args.input)
   if args.demo:
-    config = builder_lib.DEMO_CONFIG
-  else:
-    options = process.Options(**{f.name: getattr(args, f.name)
-                                 for f in dataclasses.fields(process.Options)})
-    name = args.name or os.path.basename(os.path.normpath(manual_dir))
-    config = builder_lib.TalkingHeadsConfig(
-        name=name, source=args.source, options=options, patterns=patterns,
-        test_fraction=args.test_fraction,
-        frames_per_example=args.frames_per_example,
-        description=f'{args.source} from {args.input}')
-    config = _registered(config, builder_lib.TalkingHeads.BUILDER_CONFIGS)
+    return builder_lib.DEMO_CONFIG, None
+  manual_dir, patterns = split_glob(args.input)
+  options = process.Options(**{f.name: getattr(args, f.name)
+                               for f in dataclasses.fields(process.Options)})
+  name = args.name or os.path.basename(os.path.abspath(manual_dir))
+  config = builder_lib.TalkingHeadsConfig(
+      name=name, source=args.source, options=options, patterns=patterns,
+      test_fraction=args.test_fraction,
+      frames_per_example=args.frames_per_example,
+      description=f'{args.source} from {args.input}')
+  config = _registered(config, builder_lib.TalkingHeads.BUILDER_CONFIGS)
+  return config, manual_dir
+
+
+def _plural(n: int, word: str) -> str:
+  return f'{n} {word}' + ('' if n == 1 else 's')
+
+
+def _split_lines(info) -> list[str]:
+  """'train: 4 videos, 9 examples, 1 file (1 video skipped: unreadable)'."""
+  per_split = (info.metadata.get('summary') or {}).get('splits', {})
+  lines = []
+  for split in sorted(set(info.splits) | set(per_split)):
+    counts = per_split.get(split)
+    words = [] if counts is None else [_plural(counts['videos'], 'video')]
+    if split in info.splits:
+      words += [_plural(info.splits[split].num_examples, 'example'),
+                _plural(info.splits[split].num_shards, 'file')]
+    line = f'{split}: ' + ', '.join(words)
+    skipped = (counts or {}).get('skipped')
+    if skipped:
+      reasons = (next(iter(skipped)) if len(skipped) == 1 else ', '.join(
+          f'{n} {code}' for code, n in sorted(skipped.items())))
+      line += (f' ({_plural(sum(skipped.values()), "video")} skipped: '
+               f'{reasons})')
+    lines.append(line)
+  return lines
+
+
+def main(argv=None) -> None:
+  """The command line; bad inputs raise errors.UserError (see __main__)."""
+  args = _parse(argv)
+  config, manual_dir = _config(args)
   builder = build_dataset(
       config, args.data_dir, manual_dir, work_dir=args.work_dir,
       num_workers=args.workers, use_beam=args.beam,
@@ -180,9 +397,8 @@ def main(argv=None) -> None:
   info = builder.info
   print(f'dataset: {builder.data_dir}  (dataset_name='
         f"'{_DATASET}/{config.name}')")
-  for split, split_info in info.splits.items():
-    print(f'  {split}: {split_info.num_examples} videos, '
-          f'{split_info.num_shards} files')
+  for line in _split_lines(info):
+    print('  ' + line)
   summary = info.metadata.get('summary')
   if summary:
     print('summary:', json.dumps(summary, indent=1))
@@ -191,4 +407,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  cli.user_errors_as_one_line(main)()

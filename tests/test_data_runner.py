@@ -15,6 +15,8 @@ from data_prep import runner
 from data_prep import segmentation
 from data_prep import sources
 
+import media_utils
+
 
 class CrashingSegmentation(segmentation.SegmentationBackend):
   """Kills its process, like a segfault in a native decoder or model."""
@@ -32,14 +34,7 @@ def two_videos(tmp_path):
     frames = [f.to_ndarray(format='rgb24') for _, f in
               zip(range(3), c.decode(video=0))]
   for person in ('anna', 'ben'):
-    path = tmp_path / 'in' / person / 'talk' / 'c1.mp4'
-    path.parent.mkdir(parents=True)
-    with av.open(str(path), 'w') as out:
-      stream = out.add_stream('libx264', rate=25)
-      stream.width, stream.height, stream.pix_fmt = 176, 144, 'yuv420p'
-      for f in frames:
-        out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format='rgb24')))
-      out.mux(stream.encode())
+    media_utils.write_clip(tmp_path / 'in' / person / 'talk' / 'c1.mp4', frames)
   return tmp_path / 'in'
 
 
@@ -56,5 +51,7 @@ def test_worker_crash_is_skipped_and_reported(two_videos, tmp_path):
     assert status['reason_code'] == 'worker_crash'
   summary = runner.write_report(jobs, work)
   assert summary['skip_reasons'] == {'worker_crash': 2}
+  assert summary['splits'] == {'train': {'videos': 0,
+                                         'skipped': {'worker_crash': 2}}}
   lines = (work.path / 'report.jsonl').read_text().splitlines()
   assert all(json.loads(l)['status'] == 'skipped' for l in lines)

@@ -16,7 +16,6 @@ import skimage.data
 import torch
 
 from bilayer_jax import export as export_cli
-from bilayer_jax import model_io
 from bilayer_jax.convert import original
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import equalize
@@ -49,19 +48,6 @@ def net(anim, avatar):
 def poses(anim):
   """Real driving poses: the in-package clip's keypoints."""
   return export_cli.driver_poses(anim, max_frames=48)
-
-
-@pytest.fixture(scope='module')
-def params_dir(small_run, tmp_path_factory):
-  cfg, variables, metadata = small_run
-  return str(model_io.save_params(tmp_path_factory.mktemp('p') / 'params', cfg, variables, metadata))
-
-
-@pytest.fixture(scope='module')
-def photo_file(tmp_path_factory):
-  path = tmp_path_factory.mktemp('photo') / 'astronaut.jpg'
-  Image.fromarray(skimage.data.astronaut()).save(path)
-  return str(path)
 
 
 # Image tolerance: the warp turns a uv rounding difference du (~1e-6 between runtimes) into

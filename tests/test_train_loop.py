@@ -12,22 +12,21 @@ import jax
 import numpy as np
 import pytest
 
+from bilayer_jax import errors
 from bilayer_jax import model_io
-from bilayer_jax.data import demo
 from bilayer_jax.train import loop
 
 import train_utils
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return demo.ensure_demo_dataset(str(tmp_path_factory.mktemp('demo_data')))
+def data_dir(demo_data_dir):
+  return demo_data_dir
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(data_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('uninterrupted')
-  return workdir, loop.train_and_evaluate(train_utils.tiny_config(data_dir, num_steps=4), str(workdir))
+def uninterrupted(tiny_base_run):
+  return tiny_base_run
 
 
 def _steps(workdir):
@@ -94,7 +93,7 @@ def _run_py(workdir, data_dir, num_steps, checkpoint_every):
 
 
 def test_sigterm_checkpoints_and_resumes(data_dir, tmp_path):
-  """SIGTERM mid-run: the run saves the step it is at and exits 0; a restart resumes from there."""
+  """SIGTERM mid-run: the run saves the step it is at and exits 75 (preempted); a restart resumes from there."""
   workdir = tmp_path / 'run'
   env = {**os.environ, 'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
   proc = subprocess.Popen(_run_py(workdir, data_dir, 1000, 1000), env=env, stdout=subprocess.PIPE,
@@ -109,7 +108,7 @@ def test_sigterm_checkpoints_and_resumes(data_dir, tmp_path):
   proc.send_signal(signal.SIGTERM)
   log.extend(proc.stdout)
   text = ''.join(log)
-  assert proc.wait(timeout=300) == 0, text[-3000:]
+  assert proc.wait(timeout=300) == errors.EXIT_PREEMPTED, text[-3000:]
   assert 'preempted at step' in text, text[-3000:]
   steps = _steps(workdir)
   assert len(steps) == 1 and 0 < steps[0] < 1000, steps

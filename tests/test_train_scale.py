@@ -74,11 +74,17 @@ def test_sharded_step_equals_single_device(sharded_results, mode):
   floor = _errors(results, 'permuted')
   for group, (err, scale) in _errors(results, mode).items():
     assert err <= 4 * floor[group][0] + 5e-3 * scale, (group, err, floor[group][0], scale)
-  # The first step's losses, BN statistics and spectral vectors agree to float32 rounding outright.
+  # The first step's losses, BN statistics and spectral vectors agree to float32 rounding: per array, 4x the
+  # batch-reversal noise floor plus 1e-4 of the array's scale. A BN mean is a sum whose terms cancel, so its
+  # rounding scales with the array, not with the element (measured: 1.26e-6 on a mean of 0.011 in an array
+  # of scale ~0.1 on a 2-core AVX-512 EPYC); per-device statistics would move it by the order of the scale.
   for key in results.files:
     if key.startswith('single/step1/') and ('/loss/' in key or "['model_state']" in key):
-      np.testing.assert_allclose(results[mode + key[len('single'):]], results[key], rtol=2e-5, atol=1e-6,
-                                 err_msg=key)
+      ref = results[key].astype(np.float64)
+      err = np.abs(results[mode + key[len('single'):]] - ref).max(initial=0)
+      floor = np.abs(results['permuted' + key[len('single'):]] - ref).max(initial=0)
+      scale = np.abs(ref).max(initial=0)
+      assert err <= 4 * floor + 1e-4 * scale + 1e-7, (key, err, floor, scale)
 
 
 def _free_port() -> int:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilayer_jax import errors
 from bilayer_jax.convert import torch_names
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig, NETWORK_NAMES
@@ -29,7 +30,7 @@ _TEMPLATE_DIR = pathlib.Path(__file__).parent
 _NO_FLOAT_KEYS = ('per_loss_weights', 'pix_loss_weights')  # lists of floats the original keeps as strings
 
 
-class RunDirError(ValueError):
+class RunDirError(errors.UserError, ValueError):
   """A run directory is missing a file or holds something other than expected."""
 
 

@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import numpy as np
 
+from bilayer_jax import errors
 from bilayer_jax.models import keypoints_embedder as kp_lib
 from bilayer_jax.models import warp
 from bilayer_jax.models.config import BilayerConfig
@@ -168,7 +169,7 @@ def variables_to_state_dict(network: str, cfg: BilayerConfig,
   return collections.OrderedDict((k, entries[k]) for k in state_dict_order(entries))
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError, ValueError):
   """A state_dict does not fit the network it is loaded into (names the network, keys and shapes)."""
 
 

@@ -36,6 +36,7 @@ from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from bilayer_jax import errors
 from bilayer_jax.data import stickman
 
 DEMO_DATASET_NAME = 'talking_heads/demo'
@@ -117,10 +118,20 @@ def decode_frames(selected, *, image_size: int, stored_size: int,
   return out
 
 
+class DatasetNotFoundError(errors.UserError, FileNotFoundError):
+  """No prepared dataset of that name in the data directory."""
+
+
 def load_builder(data_dir: str, dataset_name: str = DEMO_DATASET_NAME):
   """The tfds builder of a prepared dataset, read from its files only."""
-  return tfds.core.read_only_builder.builder_from_files(
-      dataset_name, data_dir=os.path.expanduser(data_dir))
+  try:
+    return tfds.core.read_only_builder.builder_from_files(
+        dataset_name, data_dir=os.path.expanduser(data_dir))
+  except (tfds.core.DatasetNotFoundError, FileNotFoundError) as e:
+    raise DatasetNotFoundError(
+        f'no prepared dataset {dataset_name!r} in {data_dir} (config.data.name / '
+        'config.data.data_dir); build one with `python -m data_prep.build`'
+    ) from e
 
 
 def _host_records(builder, split: str, index: int, count: int, seed: int,

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from skimage import transform as sktransform
 
+from bilayer_jax import errors
 from bilayer_jax import model_io
 
 Array = jax.Array
@@ -120,7 +121,7 @@ class IResNetSE50(nn.Module):
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-class ArcFaceWeightsError(ValueError):
+class ArcFaceWeightsError(errors.UserError, ValueError):
   """The ArcFace weight file is unreadable or not IR-SE-50 weights (keys missing, misshapen or unexpected)."""
 
 

@@ -20,11 +20,13 @@ import warnings
 import numpy as np
 from scipy import linalg
 
+from bilayer_jax import errors
+
 WEIGHTS_FILE = 'default_1.pt'
 FEATURES = 2048
 
 
-class InceptionWeightsError(FileNotFoundError):
+class InceptionWeightsError(errors.UserError, FileNotFoundError):
   """The FID Inception TorchScript file is missing or unreadable."""
 
 

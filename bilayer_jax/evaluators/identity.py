@@ -19,10 +19,12 @@ import numpy as np
 
 from data_prep import landmarks as landmarks_lib
 
+from bilayer_jax import errors
+
 DLIB_MODEL = 'dlib_face_recognition_resnet_model_v1.dat'
 
 
-class IdentityModelError(FileNotFoundError):
+class IdentityModelError(errors.UserError, FileNotFoundError):
   """An identity network's model file is missing."""
 
 
@@ -91,4 +93,4 @@ def make_embedder(name: str, arcface_weights: str = ''):
                                'set --config.eval.arcface_weights=PATH')
     from bilayer_jax.evaluators import arcface  # pylint: disable=g-import-not-at-top
     return arcface.ArcFaceEmbedder(arcface_weights)
-  raise ValueError(f'unknown identity network {name!r}: expected dlib or arcface')
+  raise errors.InvalidArgumentError(f'unknown identity network {name!r}: expected dlib or arcface')

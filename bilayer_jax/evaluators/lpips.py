@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilayer_jax import errors
+
 Array = jax.Array
 
-class LpipsWeightsError(FileNotFoundError):
+class LpipsWeightsError(errors.UserError, FileNotFoundError):
   """The LPIPS weight file is missing or does not hold the VGG16 + lin weights."""
 
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilayer_jax import errors
 from bilayer_jax.evaluators import fid as fid_lib
 from bilayer_jax.evaluators import identity
 from bilayer_jax.evaluators import image_metrics
@@ -41,13 +42,13 @@ def parse_metrics(names: str) -> Tuple[str, ...]:
   parsed = tuple(n.strip() for n in names.split(',') if n.strip())
   unknown = [n for n in parsed if n not in ALL_METRICS]
   if unknown:
-    raise ValueError(f'unknown metrics {unknown}; known: {", ".join(ALL_METRICS)}')
+    raise errors.InvalidArgumentError(f'unknown metrics {unknown}; known: {", ".join(ALL_METRICS)}')
   return parsed
 
 
 def select_masks(mode: str, true_masks, pred_masks):
   if mode not in MASK_MODES:
-    raise ValueError(f'mask mode {mode!r}: expected one of {MASK_MODES}')
+    raise errors.InvalidArgumentError(f'mask mode {mode!r}: expected one of {MASK_MODES}')
   return {'ground_truth': true_masks, 'predicted': pred_masks, 'none': None}[mode]
 
 

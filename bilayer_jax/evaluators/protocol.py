@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from bilayer_jax import errors
 from bilayer_jax.data import input_pipeline
 from bilayer_jax.evaluators import fid as fid_lib
 from bilayer_jax.evaluators import metrics as metrics_lib
@@ -63,8 +64,8 @@ def list_videos(data_dir: str, split: str, dataset_name: str) -> List[Video]:
   """The split's videos in the protocol's fixed order (first chunk of each video)."""
   builder = input_pipeline.load_builder(data_dir, dataset_name)
   if split not in builder.info.splits:
-    raise ValueError(f'{dataset_name} in {data_dir} has no split {split!r} (it has '
-                     f'{sorted(builder.info.splits)}); set data.eval_split')
+    raise errors.InvalidArgumentError(f'{dataset_name} in {data_dir} has no split {split!r} (it has '
+                                      f'{sorted(builder.info.splits)}); set data.eval_split')
   files = sorted(os.path.join(builder.data_dir, f) for f in builder.info.splits[split].filenames)
   spec = {'person_id': tf.io.FixedLenFeature([], tf.string), 'video_id': tf.io.FixedLenFeature([], tf.string),
           'keypoints': tf.io.VarLenFeature(tf.float32)}
@@ -82,7 +83,7 @@ def list_videos(data_dir: str, split: str, dataset_name: str) -> List[Video]:
 def select_frames(num_frames: int, source_frame: int, max_targets: int) -> List[int]:
   """[source index, target indices...] by the protocol's rule (see module docstring)."""
   if not 0 <= source_frame < num_frames:
-    raise ValueError(f'source_frame {source_frame} is outside a video of {num_frames} frames')
+    raise errors.InvalidArgumentError(f'source_frame {source_frame} is outside a video of {num_frames} frames')
   others = [i for i in range(num_frames) if i != source_frame]
   if max_targets and len(others) > max_targets:
     picks = np.unique(np.round(np.linspace(0, len(others) - 1, max_targets)).astype(int))
@@ -154,7 +155,7 @@ def evaluate(animator, evaluator: metrics_lib.FrameEvaluator, data_dir: str, spl
   if settings.max_videos:
     videos = videos[:settings.max_videos]
   if not videos:
-    raise ValueError(f'{dataset_name} split {split!r} in {data_dir} has no videos')
+    raise errors.InvalidArgumentError(f'{dataset_name} split {split!r} in {data_dir} has no videos')
   size = animator.cfg.image_size
   loader = FrameLoader(data_dir, dataset_name, size)
   image_names = [n for n in evaluator.names if n in metrics_lib.DEVICE_METRICS] or ['psnr']

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from bilayer_jax import errors
 from bilayer_jax import model_io
 from bilayer_jax.data import demo
 from bilayer_jax.evaluators import metrics as metrics_lib
@@ -74,7 +75,8 @@ def load_animator(config, workdir: str) -> Tuple[animator_lib.Animator, str]:
   if ev.params:
     if (pathlib.Path(ev.params) / 'args.txt').is_file():
       if not ev.original_epoch:
-        raise ValueError(f'eval.params={ev.params} is an original run directory: set eval.original_epoch')
+        raise errors.InvalidArgumentError(
+            f'eval.params={ev.params} is an original run directory: set eval.original_epoch')
       animator = animator_lib.Animator.from_original_run(
           ev.params, ev.original_epoch, ev.original_enh_run_dir or None, ev.original_enh_epoch or None)
       return animator, f'original run {ev.params} epoch {ev.original_epoch}'
@@ -95,9 +97,9 @@ def settings_from(config) -> protocol.Settings:
   ev = config.eval
   enhance = {'auto': None, 'true': True, 'false': False}.get(str(ev.enhance).lower())
   if str(ev.enhance).lower() not in ('auto', 'true', 'false'):
-    raise ValueError(f'eval.enhance={ev.enhance!r}: expected auto, true or false')
+    raise errors.InvalidArgumentError(f'eval.enhance={ev.enhance!r}: expected auto, true or false')
   if ev.mask not in metrics_lib.MASK_MODES:
-    raise ValueError(f'eval.mask={ev.mask!r}: expected one of {metrics_lib.MASK_MODES}')
+    raise errors.InvalidArgumentError(f'eval.mask={ev.mask!r}: expected one of {metrics_lib.MASK_MODES}')
   return protocol.Settings(source_frame=ev.source_frame, max_targets=ev.max_targets, max_videos=ev.max_videos,
                            cross_identity=ev.cross_identity, mask=ev.mask, enhance=enhance,
                            grid_rows=ev.grid_rows)

@@ -2,12 +2,15 @@
 
     animator = Animator.from_params('runs/demo/enhancer/params')
     avatar = animator.init_avatar(photo)              # detect, crop, mask, identity + texture (+ enhancer)
+    avatar = animator.init_avatar(photo, face_index=1)  # another face: avatar.source.faces lists them
     out = animator.render(avatar, poses)              # (T, 136) keypoints -> images, masks, layers
     frames = animator.composite(out, background=(255, 255, 255))
     for frame, out in animator.drive(avatar, video_frames): ...   # detect + crop + render driving frames
 
 The per-frame function is jit-compiled once per chunk size (poses are padded to `chunk` frames), so a
 video of any length reuses one executable; detection and avatar initialisation never run per frame.
+The photo's largest face is animated unless `face_index` / `face_box` choose another (see
+`preprocess.select_face`); `drive` can check that the driving frames have faces (`preprocess.FaceCoverage`).
 Runs on whatever JAX backend is installed (CPU, GPU, TPU).
 """
 
@@ -20,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilayer_jax import errors
 from bilayer_jax import model_io
 from bilayer_jax.convert import original
 from bilayer_jax.inference import folding
@@ -99,21 +103,28 @@ class Animator:
     return cls(cfg, variables['generator'], **kwargs)
 
   # --- per avatar -------------------------------------------------------------------------------
-  def init_avatar(self, photo: Union[np.ndarray, preprocess.SourceInputs], enhance: Optional[bool] = None
-                  ) -> Avatar:
+  def init_avatar(self, photo: Union[np.ndarray, preprocess.SourceInputs], enhance: Optional[bool] = None,
+                  face_index: Optional[int] = None, face_box: Optional[preprocess.FaceBox] = None) -> Avatar:
     """Preprocesses the photo (uint8 RGB, any size) and initialises the avatar.
 
     Args:
       photo: the source photo, or already preprocessed `SourceInputs`.
       enhance: run the texture enhancer (default: whenever the params have one).
+      face_index, face_box: which face of the photo (default: the largest; `FacePreprocessor.source`).
 
     Raises:
-      preprocess.NoFaceError: no face in the photo. ValueError: enhance=True without an enhancer.
+      preprocess.NoFaceError: no face in the photo. preprocess.FaceSelectionError: face_index/face_box name
+      no face. ValueError: enhance=True without an enhancer, or a face choice with `SourceInputs`.
     """
     enhance = self.has_enhancer if enhance is None else enhance
     if enhance and not self.has_enhancer:
-      raise ValueError('these params have no texture_enhancer; use enhance=False')
-    source = photo if isinstance(photo, preprocess.SourceInputs) else self.preprocessor.source(photo)
+      raise errors.InvalidArgumentError('these params have no texture_enhancer; use enhance=False')
+    if isinstance(photo, preprocess.SourceInputs):
+      if face_index is not None or face_box is not None:
+        raise ValueError('face_index/face_box choose a face of a photo; these SourceInputs are already cropped')
+      source = photo
+    else:
+      source = self.preprocessor.source(photo, face_index=face_index, face_box=face_box)
     out = self._init_fn(self.variables, jnp.asarray(source.imgs), jnp.asarray(source.segs),
                         jnp.asarray(source.stickmen), jnp.asarray(source.poses), enhance=enhance)
     avatar = Avatar(texture=out['texture'], adaptive=out['adaptive'], source=source, enhanced=enhance)
@@ -157,13 +168,15 @@ class Animator:
     bg = np.broadcast_to(bg / 255, rgb.shape[1:])
     return np.round((rgb * mask + bg * (1 - mask)) * 255).astype(np.uint8)
 
-  def drive(self, avatar: Avatar, frames: Iterable[np.ndarray], timings: Optional[Dict[str, float]] = None
+  def drive(self, avatar: Avatar, frames: Iterable[np.ndarray], timings: Optional[Dict[str, float]] = None,
+            coverage: Optional[preprocess.FaceCoverage] = None
             ) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray], Dict[str, np.ndarray]]]:
     """Renders the avatar with the poses of driving frames (detected and cropped per frame).
 
     Yields (frame, driver crop or None, rendered outputs of this frame). Frames without a face reuse the
     last detected pose (before the first face: the source photo's pose). Frames are rendered in chunks
-    of `chunk`; `timings` (if given) accumulates seconds under 'detect' and 'render'.
+    of `chunk`; `timings` (if given) accumulates seconds under 'detect' and 'render'. With `coverage`,
+    the frames with a face are counted and too few raise preprocess.DriverFaceError.
     """
     timings = {} if timings is None else timings
     timings.setdefault('detect', 0.0)
@@ -179,7 +192,7 @@ class Animator:
         yield frame, crop, {k: v[i] for k, v in out.items()}
       pending.clear()
 
-    detections = self.preprocessor.driver_poses(frames)
+    detections = self.preprocessor.driver_poses(frames, coverage)
     while True:
       start = time.perf_counter()
       item = next(detections, None)

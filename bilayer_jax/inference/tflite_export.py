@@ -30,6 +30,7 @@ from typing import Callable, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from bilayer_jax import errors
 from bilayer_jax.inference import equalize
 from bilayer_jax.inference import folding
 from bilayer_jax.models.bilayer import BilayerGenerator
@@ -57,7 +58,7 @@ EQUALISATION_STRENGTHS = (0.5, 1.0)
 SELECTION_POSES = 16
 
 
-class ExportError(ValueError):
+class ExportError(errors.UserError, ValueError):
   """An export request that cannot be honoured (unsupported combination, missing inputs)."""
 
 

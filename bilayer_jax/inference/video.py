@@ -1,4 +1,9 @@
-"""Video and image I/O for inference: PyAV decoding, H.264 mp4 writing (atomic), image reading."""
+"""Video and image I/O for inference: PyAV decoding, H.264 mp4 writing (atomic), image reading.
+
+`read_image` turns any PIL-readable photo into 8-bit RGB the detectors and the model accept: EXIF
+orientation applied (phone photos), grayscale and palette images expanded, transparent areas (RGBA, LA,
+palette transparency) composited onto white, 16-bit and 32-bit/float grayscale scaled to 8 bits.
+"""
 
 import os
 import pathlib
@@ -8,17 +13,40 @@ from typing import Iterable, Iterator, Optional, Tuple
 import av
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
+
+from bilayer_jax import errors
 
 
-class MediaError(ValueError):
+class MediaError(errors.UserError, ValueError):
   """A photo or video that cannot be read; the message names the file."""
 
 
+def _to_8bit_gray(img: Image.Image) -> Image.Image:
+  """16/32-bit integer or float grayscale -> 8-bit (PIL's own conversion clips them at 255)."""
+  values = np.asarray(img, np.float64)
+  if img.mode == 'F' and values.max(initial=0) <= 1:
+    values = values * 255  # float images in [0, 1]
+  elif img.mode.startswith('I;16') or values.max(initial=0) > 255:
+    values = values / 257  # 16-bit range (32-bit 'I' images from PNG/TIFF hold 16-bit data)
+  return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), 'L')
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+  img = ImageOps.exif_transpose(img)
+  if img.mode in ('F', 'I') or img.mode.startswith('I;16'):
+    img = _to_8bit_gray(img)
+  if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or (img.mode == 'P' and 'transparency' in img.info):
+    rgba = img.convert('RGBA')
+    img = Image.alpha_composite(Image.new('RGBA', rgba.size, (255, 255, 255, 255)), rgba)
+  return np.asarray(img.convert('RGB'))
+
+
 def read_image(path: os.PathLike) -> np.ndarray:
-  """Any PIL-readable image -> uint8 (H, W, 3) RGB."""
+  """Any PIL-readable image -> uint8 (H, W, 3) RGB (see the module docstring)."""
   try:
     with Image.open(path) as img:
-      return np.asarray(img.convert('RGB'))
+      return _to_rgb(img)
   except (OSError, ValueError) as e:
     raise MediaError(f'{path}: cannot read the image ({e})') from e
 

@@ -19,7 +19,7 @@ def _log2_ratio(big: int, small: int, what: str) -> int:
   ratio = big // small
   blocks = int(math.log(ratio, 2)) if ratio >= 1 else -1
   if small <= 0 or big % small or 2**blocks != ratio:
-    raise ValueError(f'{what}: image_size / tensor size = {big}/{small} must be a power of two')
+    raise ValueError(f'image_size / {what} = {big}/{small} must be a power of two')
   return blocks
 
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilayer_jax import errors
 from bilayer_jax import model_io
 
 Array = jax.Array
@@ -96,7 +97,7 @@ class VGGFeatures(nn.Module):
     return feats
 
 
-class PerceptualWeightsError(FileNotFoundError):
+class PerceptualWeightsError(errors.UserError, FileNotFoundError):
   """A perceptual network's weight file is missing or does not fit."""
 
 

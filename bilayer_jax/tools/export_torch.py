@@ -10,9 +10,9 @@ bit-exact, with the original's args.txt; other parameters get the paper script's
 own architecture values.
 """
 
-from absl import app
 from absl import flags
 
+from bilayer_jax import cli
 from bilayer_jax import model_io
 from bilayer_jax.convert import original
 
@@ -56,4 +56,4 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   flags.mark_flags_as_required(['params', 'out_dir'])
-  app.run(main)
+  cli.run(main)

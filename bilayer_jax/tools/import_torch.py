@@ -9,9 +9,9 @@ network, the key and the expected and found shapes. The output (orbax variables 
 training (`config.init_from`) and inference load; it appears only once completely written.
 """
 
-from absl import app
 from absl import flags
 
+from bilayer_jax import cli
 from bilayer_jax import model_io
 from bilayer_jax.convert import original
 
@@ -46,4 +46,4 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   flags.mark_flags_as_required(['run_dir', 'epoch', 'out'])
-  app.run(main)
+  cli.run(main)

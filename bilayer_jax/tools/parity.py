@@ -13,12 +13,12 @@ fixtures' outputs_eval.npz), so the file can be compared array by array with the
 
 from typing import Any, Dict, Mapping
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilayer_jax import cli
 from bilayer_jax.convert import original
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig
@@ -112,4 +112,4 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   flags.mark_flags_as_required(['run_dir', 'epoch', 'inputs', 'out'])
-  app.run(main)
+  cli.run(main)

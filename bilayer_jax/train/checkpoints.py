@@ -4,21 +4,23 @@ Checkpoints live in WORKDIR/checkpoints/<step>/ (orbax CheckpointManager: asynch
 a step directory appears only when completely written, so a half-written one is never restored). Each
 holds the full training state and a small JSON ('meta': step, stage, seed).
 
-Resume order (`restore_or_init`): (1) this workdir's latest checkpoint, (2) `config.resume` (another
-workdir's latest full state), (3) `config.init_from` (a params directory: model variables only, e.g.
-weights imported from the original; networks it lacks keep their fresh initialisation), (4) scratch.
+Resume order (`restore_or_init`): (1) this workdir's newest checkpoint that reads back completely (older
+ones are tried when the newest is corrupt: `fallback.py`), (2) `config.resume` (another workdir's newest
+readable full state), (3) `config.init_from` (a params directory: model variables only, e.g. weights
+imported from the original; networks it lacks keep their fresh initialisation), (4) scratch.
 """
 
 import pathlib
 import signal
 import threading
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
 from bilayer_jax import model_io
+from bilayer_jax.train import fallback
 
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -32,12 +34,6 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: Dict[str, 
                                                     meta=ocp.args.JsonSave(meta)), force=force)
 
 
-def _restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                           meta=ocp.args.JsonRestore()))
-  return restored['state'], restored['meta']
-
-
 def with_shardings(state_shape: Any, shardings: Any) -> Any:
   """Abstract arrays (ShapeDtypeStruct) carrying their target shardings."""
   return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -48,17 +44,17 @@ def restore_or_init(manager: ocp.CheckpointManager, config, abstract_state: Any,
                     init_fn: Callable[[], Any], merge_params_fn: Callable[[Any, Dict[str, Any]], Any]):
   """Returns (state, source) following the resume order in the module docstring."""
   abstract = with_shardings(abstract_state, shardings)
-  latest = manager.latest_step()
-  if latest is not None:
-    state, _ = _restore(manager, latest, abstract)
-    return state, f'resumed from this workdir at step {latest}'
+  state, step = fallback.restore_latest_readable(manager, abstract)
+  if state is not None:
+    return state, f'resumed from this workdir at step {step}'
   if config.resume:
     other = make_manager(config.resume, keep=1)
-    step = other.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'config.resume={config.resume!r} has no complete checkpoint')
-    state, _ = _restore(other, step, abstract)
-    other.close()
+    try:
+      state, step = fallback.restore_latest_readable(other, abstract)
+    finally:
+      other.close()
+    if state is None:
+      raise fallback.CheckpointError(f'config.resume={config.resume!r} has no complete checkpoint')
     return state, f'resumed from {config.resume} step {step}'
   state = init_fn()
   if config.init_from:

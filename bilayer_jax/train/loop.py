@@ -35,6 +35,7 @@ from bilayer_jax.data import input_pipeline
 from bilayer_jax.evaluators import lpips as lpips_lib
 from bilayer_jax.evaluators import metrics as metrics_lib
 from bilayer_jax.train import checkpoints
+from bilayer_jax.train import config_checks
 from bilayer_jax.train import evaluation
 from bilayer_jax.train import setup
 from bilayer_jax.train import sharding
@@ -51,18 +52,46 @@ class NonFiniteError(FloatingPointError):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains `config.stage` ('base', 'enhancer', or 'both': base into WORKDIR/base, then the enhancer
-  into WORKDIR/enhancer initialised from the base stage's params). Returns the last stage's summary."""
-  if config.stage not in setup.STAGES:
-    raise ValueError(f'config.stage {config.stage!r}: expected one of {setup.STAGES}')
+  into WORKDIR/enhancer initialised from the base stage's params). Returns the last stage's summary.
+
+  The config is checked before anything is written (`config_checks.ConfigError`). SIGTERM/SIGINT at any
+  point saves the current stage's state and ends the whole run: the summary has `preempted=True` and no
+  later stage starts; the same call again resumes that stage and continues.
+  """
+  config_checks.check(config)
   if config.train.matmul_precision != 'default':
     jax.config.update('jax_default_matmul_precision', config.train.matmul_precision)
-  if config.stage != 'both':
-    return run_stage(config, workdir, config.stage, config.num_steps)
-  run_stage(config, os.path.join(workdir, 'base'), 'base', config.num_steps)
-  enh_config = ml_collections.ConfigDict(config.to_dict())
-  enh_config.init_from = os.path.join(workdir, 'base', 'params')
-  enh_config.standing_stats.enabled = False
-  return run_stage(enh_config, os.path.join(workdir, 'enhancer'), 'enhancer', config.enhancer_num_steps)
+  guard = checkpoints.PreemptionGuard()
+  try:
+    if config.stage != 'both':
+      return run_stage(config, workdir, config.stage, config.num_steps, guard)
+    base_dir = os.path.join(workdir, 'base')
+    if _finished(base_dir, config.num_steps):
+      logging.info('base stage already finished (%s/params, step %d)', base_dir, config.num_steps)
+    else:
+      summary = run_stage(config, base_dir, 'base', config.num_steps, guard)
+      if summary.get('preempted'):
+        return summary
+    enh_config = ml_collections.ConfigDict(config.to_dict())
+    enh_config.init_from = os.path.join(base_dir, 'params')
+    enh_config.standing_stats.enabled = False
+    return run_stage(enh_config, os.path.join(workdir, 'enhancer'), 'enhancer', config.enhancer_num_steps, guard)
+  finally:
+    guard.close()
+
+
+def _finished(stage_dir: str, num_steps: int) -> bool:
+  """Whether a stage directory holds the params written at the end of a `num_steps`-step stage."""
+  try:
+    _, info = model_io.load_config(os.path.join(stage_dir, 'params'))
+  except model_io.ParamsDirError:
+    return False
+  return info.get('metadata', {}).get('step') == num_steps
+
+
+def _due(step: int, every: int) -> bool:
+  """Whether a periodic action with period `every` (0 = never) runs at `step`."""
+  return every > 0 and step % every == 0
 
 
 def _data_seed(seed: int, step: int, purpose: int = 0) -> int:
@@ -150,7 +179,27 @@ def _write_params(workdir: str, cfg: step_lib.StepConfig, state, config, replica
     os.replace(staging, final)
 
 
-def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_steps: int) -> Dict[str, Any]:
+def dummy_batch(config: ml_collections.ConfigDict) -> Dict[str, jax.Array]:
+  """Zeros shaped like one global training batch (for shapes and compilation)."""
+  s, b = config.model.image_size, config.batch_size
+  n, t = config.data.num_source_frames, config.data.num_target_frames
+  frames = lambda f, c: jnp.zeros((b, f, s, s, c))
+  poses = lambda f: jnp.zeros((b, f, config.model.pse_in_channels))
+  return {'source_imgs': frames(n, 3), 'source_segs': frames(n, 1), 'source_stickmen': frames(n, 3),
+          'source_poses': poses(n), 'target_imgs': frames(t, 3), 'target_segs': frames(t, 1),
+          'target_stickmen': frames(t, 3), 'target_poses': poses(t)}
+
+
+def state_layout(config: ml_collections.ConfigDict, cfg: step_lib.StepConfig, mesh):
+  """(variable shapes, abstract training state, its shardings) of one stage, without computing anything."""
+  shapes = step_lib.variable_shapes(cfg, dummy_batch(config))
+  abstract_state = jax.eval_shape(functools.partial(step_lib.init_state, cfg), shapes)
+  state_sh = sharding.state_shardings(abstract_state, mesh, config.mesh.fsdp, config.mesh.fsdp_min_size)
+  return shapes, abstract_state, state_sh
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_steps: int,
+              guard: checkpoints.PreemptionGuard) -> Dict[str, Any]:
   """Trains one stage to `num_steps` (resuming if WORKDIR holds checkpoints). Returns a summary."""
   pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
   cfg = setup.step_config(config, stage)
@@ -164,20 +213,11 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
   perceptual = jax.device_put(setup.perceptual_params(config, cfg), repl)
 
   # --- state: shapes, shardings, init / restore --------------------------------------------------
-  s = config.model.image_size
-  frames = lambda f, c: jnp.zeros((config.batch_size, f, s, s, c))
-  n, t = config.data.num_source_frames, config.data.num_target_frames
-  dummy = {'source_imgs': frames(n, 3), 'source_segs': frames(n, 1), 'source_stickmen': frames(n, 3),
-           'source_poses': jnp.zeros((config.batch_size, n, config.model.pse_in_channels)),
-           'target_imgs': frames(t, 3), 'target_segs': frames(t, 1), 'target_stickmen': frames(t, 3),
-           'target_poses': jnp.zeros((config.batch_size, t, config.model.pse_in_channels))}
-  shapes = step_lib.variable_shapes(cfg, dummy)
-  variables_init = lambda: step_lib.init_variables(cfg, config.seed, shapes)
-  abstract_state = jax.eval_shape(functools.partial(step_lib.init_state, cfg), shapes)
-  state_sh = sharding.state_shardings(abstract_state, mesh, config.mesh.fsdp, config.mesh.fsdp_min_size)
+  dummy = dummy_batch(config)
+  shapes, abstract_state, state_sh = state_layout(config, cfg, mesh)
   # Fresh variables are made on the host (every host the same, from the seed) and placed in their shards.
   init_jit = lambda: jax.jit(lambda v: step_lib.init_state(cfg, v), out_shardings=state_sh)(
-      jax.device_put(variables_init(), sharding.replicated(mesh)))
+      jax.device_put(step_lib.init_variables(cfg, config.seed, shapes), sharding.replicated(mesh)))
   manager = checkpoints.make_manager(workdir, config.log.keep_checkpoints)
   merge = lambda st, variables: jax.device_put(_merge_init_params(cfg, st, variables, config.init_from), state_sh)
   state, source = checkpoints.restore_or_init(manager, config, abstract_state, state_sh, init_jit, merge)
@@ -243,10 +283,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
     return summary
 
   # --- loop ---------------------------------------------------------------------------------------
-  guard = checkpoints.PreemptionGuard()
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   train_iter = _batches(_dataset(config, config.data.train_split, _data_seed(config.seed, start)), batch_sh)
-  summary: Dict[str, Any] = {'start_step': start, 'source': source, 'metrics': {}}
+  summary: Dict[str, Any] = {'stage': stage, 'start_step': start, 'source': source, 'metrics': {}}
   last_log, last_log_step = time.time(), start
   step = start
   bar = tqdm.auto.tqdm(total=num_steps, initial=start, desc=f'{stage} stage', unit='step',
@@ -262,7 +301,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
         summary['metrics'][step] = {k: float(v) for k, v in metrics.items()}
         report(step)
         bar.update(1)
-        if step % config.log.every_steps == 0 or step == num_steps:
+        if _due(step, config.log.every_steps) or step == num_steps:
           elapsed = time.time() - last_log
           rate = {'perf/step_time_s': elapsed / max(step - last_log_step, 1),
                   'perf/images_per_s': config.batch_size * config.data.num_target_frames *
@@ -270,12 +309,12 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
           writer.write_scalars(step, {**{k: float(v) for k, v in metrics.items()}, **rate})
           bar.set_postfix({k.split('/')[-1]: f'{float(metrics[k]):.3g}' for k in _BAR_METRICS if k in metrics})
           last_log, last_log_step = time.time(), step
-        if step % config.log.image_every_steps == 0:
+        if _due(step, config.log.image_every_steps):
           _, columns = eval_fn(step_lib.model_variables(state)['generator'], batch, lpips_vars)
           writer.write_images(step, {'train/samples': evaluation.image_grid(columns, config.log.num_images)[None]})
         preempted = guard.should_stop(manager, step)
-        eval_now = step % config.log.eval_every_steps == 0 or step == num_steps
-        save_now = step % config.log.checkpoint_every_steps == 0 or step == num_steps or preempted
+        eval_now = _due(step, config.log.eval_every_steps) or step == num_steps
+        save_now = _due(step, config.log.checkpoint_every_steps) or step == num_steps or preempted
         if eval_now or save_now:
           state = with_standing_stats(state, step)
         if eval_now and not preempted:
@@ -293,7 +332,6 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
   finally:
     bar.close()
     manager.close()
-    guard.close()
   summary['end_step'] = step
   if step >= num_steps:
     _write_params(workdir, cfg, state, config, repl)

@@ -1,0 +1,160 @@
+"""Checks every training/evaluation config field with a meaningful range before anything is built or written.
+
+`check(config, mode)` raises one `ConfigError` that names each bad field, its value and what is expected, e.g.
+`config.batch_size=-1: expected an integer >= 1`. Periodic intervals (`log.*_every_steps`) accept 0 for
+"never". The trainer and the evaluation call it first, so a typo in a value fails in a second, not after
+compiling, and leaves no workdir behind.
+"""
+
+import os
+from typing import Any, Callable, List, Optional, Sequence
+
+import jax
+import ml_collections
+
+from bilayer_jax import errors
+from bilayer_jax.evaluators import metrics as metrics_lib
+from bilayer_jax.models.config import BilayerConfig, NETWORK_NAMES
+
+STAGES = ('base', 'enhancer', 'both')
+DTYPES = ('float32', 'bfloat16')
+MATMUL_PRECISIONS = ('default', 'high', 'highest', 'bfloat16', 'tensorfloat32', 'float32')
+ADV_PRED_TYPES = ('ragan', 'rgan', 'gan')
+DISTANCE_TYPES = ('l1', 'mse')
+EVAL_ENHANCE = ('auto', 'true', 'false')
+
+
+class ConfigError(errors.UserError, ValueError):
+  """One or more config fields hold values the run cannot use; the message names each field."""
+
+
+def names(text: Any) -> tuple:
+  """'a, b,c' -> ('a', 'b', 'c'): the comma-separated list fields of the configs."""
+  return tuple(s.strip() for s in str(text).split(',') if s.strip())
+
+
+class _Checker:
+  """Collects `config.<field>=<value>: expected ...` problems."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.problems: List[str] = []
+
+  def value(self, field: str) -> Any:
+    node = self.config
+    for part in field.split('.'):
+      node = node[part]
+    return node
+
+  def expect(self, field: str, ok: Callable[[Any], bool], expected: str) -> None:
+    value = self.value(field)
+    try:
+      good = ok(value)
+    except (TypeError, ValueError):
+      good = False
+    if not good:
+      self.problems.append(f'config.{field}={value!r}: expected {expected}')
+
+  def integer(self, field: str, minimum: int, note: str = '') -> None:
+    self.expect(field, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+                f'an integer >= {minimum}{note}')
+
+  def positive(self, field: str) -> None:
+    self.expect(field, lambda v: float(v) > 0, 'a number > 0')
+
+  def non_negative(self, field: str) -> None:
+    self.expect(field, lambda v: float(v) >= 0, 'a number >= 0 (0 = off)')
+
+  def choice(self, field: str, allowed: Sequence[str]) -> None:
+    self.expect(field, lambda v: v in allowed, f'one of {", ".join(allowed)}')
+
+  def existing_path(self, field: str, what: str) -> None:
+    value = self.value(field)
+    if value and not os.path.exists(value):
+      self.problems.append(f'config.{field}={value!r}: {what} does not exist')
+
+
+def _check_run(c: _Checker, num_devices: int) -> None:
+  c.choice('stage', STAGES)
+  c.integer('seed', 0)
+  c.integer('batch_size', 1)
+  batch = c.value('batch_size')
+  if isinstance(batch, int) and batch >= 1 and batch % num_devices:
+    c.problems.append(f'config.batch_size={batch}: expected a multiple of the {num_devices} devices '
+                      '(the global batch is split evenly over them)')
+  c.integer('num_steps', 0)
+  c.integer('enhancer_num_steps', 0)
+  c.expect('networks_to_train', lambda v: names(v) and set(names(v)) <= set(NETWORK_NAMES),
+           f'comma-separated names from {", ".join(NETWORK_NAMES)}')
+  for net in NETWORK_NAMES:
+    c.positive(f'optim.lrs.{net}')
+  c.expect('optim.b1', lambda v: 0 <= float(v) < 1, 'a number in [0, 1)')
+  c.expect('optim.b2', lambda v: 0 <= float(v) < 1, 'a number in [0, 1)')
+  c.positive('optim.eps')
+  c.existing_path('init_from', 'the params directory')
+  c.existing_path('resume', 'the workdir to resume')
+
+
+def _check_data(c: _Checker) -> None:
+  c.integer('data.num_source_frames', 1)
+  c.integer('data.num_target_frames', 1)
+  c.integer('data.shuffle_buffer', 1)
+  c.expect('data.name', lambda v: bool(str(v).strip()), 'a tfds dataset name, e.g. talking_heads/voxceleb2')
+  if not c.value('data.demo'):
+    c.existing_path('data.data_dir', 'the tfds data directory')
+
+
+def _check_loss_and_train(c: _Checker) -> None:
+  c.choice('loss.adv_pred_type', ADV_PRED_TYPES)
+  c.choice('loss.fem_loss_type', DISTANCE_TYPES)
+  c.choice('loss.pix_loss_type', DISTANCE_TYPES)
+  for field in ('adv_loss_weight', 'fem_loss_weight', 'per_vgg19_weight', 'per_vggface_weight',
+                'per_vgg16_lpips_weight', 'pix_loss_weight', 'seg_loss_weight', 'wpr_loss_weight'):
+    c.non_negative(f'loss.{field}')
+  c.expect('loss.per_layer_weights', lambda v: len(names(v)) == 5 and all(float(w) >= 0 for w in names(v)),
+           'five comma-separated weights >= 0 (one per VGG block)')
+  c.existing_path('loss.perceptual_weights_dir', 'the perceptual weights folder')
+  c.choice('train.dtype', DTYPES)
+  c.choice('train.matmul_precision', MATMUL_PRECISIONS)
+  c.integer('mesh.fsdp_min_size', 0)
+  if c.value('standing_stats.enabled'):
+    c.integer('standing_stats.num_batches', 1)
+    c.expect('standing_stats.networks', lambda v: set(names(v)) <= set(NETWORK_NAMES),
+             f'comma-separated names from {", ".join(NETWORK_NAMES)}')
+
+
+def _check_log_and_eval(c: _Checker) -> None:
+  for field in ('every_steps', 'image_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
+    c.integer(f'log.{field}', 0, ' (0 = never)')
+  c.integer('log.keep_checkpoints', 1)
+  c.integer('log.eval_batches', 1)
+  c.integer('log.num_images', 1)
+  for field in ('metrics', 'periodic_metrics'):
+    c.expect(f'eval.{field}', lambda v: all(n in metrics_lib.ALL_METRICS for n in names(v)),
+             f'comma-separated names from {", ".join(metrics_lib.ALL_METRICS)}')
+  c.choice('eval.mask', metrics_lib.MASK_MODES)
+  c.choice('eval.enhance', EVAL_ENHANCE)
+  c.integer('eval.max_targets', 0)
+  c.integer('eval.max_videos', 0)
+  c.integer('eval.grid_rows', 1)
+  c.existing_path('eval.params', 'the params or run directory to evaluate')
+  c.existing_path('eval.arcface_weights', 'the ArcFace weights file')
+
+
+def _check_model(c: _Checker) -> None:
+  fields = dict(c.value('model').to_dict())
+  fields['spn_networks'] = names(fields['spn_networks'])
+  try:
+    BilayerConfig(**fields).validate(with_enhancer=c.value('stage') != 'base')
+  except (TypeError, ValueError) as e:
+    c.problems.append(f'config.model: {e}')
+
+
+def check(config: ml_collections.ConfigDict, num_devices: Optional[int] = None) -> None:
+  """Raises ConfigError naming every out-of-range field of a training config (see module docstring)."""
+  checker = _Checker(config)
+  _check_run(checker, num_devices or jax.device_count())
+  for part in (_check_data, _check_loss_and_train, _check_log_and_eval, _check_model):
+    part(checker)
+  if checker.problems:
+    raise ConfigError('; '.join(checker.problems))
