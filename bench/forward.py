@@ -9,8 +9,8 @@ alternately so that they see the same machine load):
   * the 4-step texture enhancer.
 With --original_repo (a checkout of saic-violet/bilayer-model), the same three computations of the ORIGINAL
 PyTorch networks run in the same process on the same weights (exported with bilayer_jax's exporter) as the
-baseline, and the table reports the ratio. Otherwise the original's figures measured on this machine class
-(spec §11.2: 50 ms, 0.8 s, 1.6 s) are printed for reference.
+baseline, and the table reports the ratio. Otherwise the original's reference figures
+(docs/benchmarks.md#the-originals-reference-figures) are printed for reference.
 """
 
 import argparse
@@ -29,6 +29,7 @@ from bilayer_jax.convert import original
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig
 
+# The original's reference figures (docs/benchmarks.md#the-originals-reference-figures).
 SPEC_REFERENCE_S = {'per-frame render': 0.050, 'avatar init': 0.8, 'texture enhancer (4 steps)': 1.6}
 
 
@@ -163,13 +164,14 @@ def main():
   gen_vars = jax.jit(lambda: gen.init(jax.random.PRNGKey(0), {**batch}, pred_source_data=True, enhance=True))()
   # Fresh networks have BN statistics (0, 1) that do not fit their activations; calibrate them with one
   # standing-statistics pass (BN in train mode, everything else frozen) so both implementations run on
-  # realistic activation ranges (uncalibrated random nets produce denormals that slow PyTorch ~20x).
+  # realistic activation ranges (uncalibrated random nets produce denormals that slow PyTorch down a lot,
+  # docs/benchmarks.md#other-measurements-behind-code-choices).
   _, stats = jax.jit(lambda v, b: gen.apply(v, b, train=original.BASE_NETWORKS + ('texture_enhancer',),
                                             pred_source_data=True, enhance=True, mutable=['batch_stats']))(
                                                 gen_vars, {**batch, 'target_imgs': batch['source_imgs']})
   variables = {'generator': {**gen_vars, **stats}}
   ours, compile_s = bench_jax(cfg, variables, batch)
-  baseline, label = None, 'original (spec §11.2, not this run)'
+  baseline, label = None, 'original (reference figure, not this run)'
   if args.original_repo:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.threads)

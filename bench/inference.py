@@ -19,8 +19,8 @@ real inputs. PSNR is of each runtime's image against fp32 JAX over those poses; 
 the low-frequency layer alone (the model exported again with a zero texture, so image = LF), which
 separates the trunk's error from the warp's: an untrained network's warp field is far rougher than a
 trained one's (the script prints its mean uv step between neighbouring pixels), and the warp turns every
-uv error into |texture gradient| of image error. Reference: the original needs ~50 ms per frame
-on this machine class (spec §11.2; fp32 PyTorch).
+uv error into |texture gradient| of image error. Without --original_repo the baseline is the original's
+reference figure (docs/benchmarks.md#the-originals-reference-figures).
 """
 
 import argparse
@@ -49,7 +49,7 @@ from bilayer_jax.inference import video
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig
 
-ORIGINAL_PER_FRAME_S = 0.050  # spec §11.2
+ORIGINAL_PER_FRAME_S = 0.050  # docs/benchmarks.md#the-originals-reference-figures
 
 
 def _load_forward_bench():

@@ -36,8 +36,9 @@ Shims, made at run time (sys.modules and a temp dir) for what cannot run here:
     need weight files, and lpips.py needs scikit-image's removed `compare_ssim`. No training iteration
     evaluates them.
 train.py itself is not imported. Its argument setup imports the dataset module, which is a SyntaxError in
-Python 3 (spec §11.1). logger.py is not imported either, so the tensorboardX it needs is not shimmed. Data
-loading, logging, test passes and checkpoints are outside the iteration anyway.
+Python 3 (docs/original_bugs.md#launch-and-environment-breakages). logger.py is not imported either, so
+the tensorboardX it needs is not shimmed. Data loading, logging, test passes and checkpoints are outside
+the iteration anyway.
 """
 
 import argparse

@@ -9,7 +9,8 @@ training run: `configs/*.py` -> StepConfig, host-side init, the jit-compiled tra
   * paper: configs/paper_base.py (paper widths, 256^2, harmonics on, VGG19 + VGGFace perceptual loss with
     random weights of the real architectures: the FLOPs are those of the real loss), batch 1;
   * paper_released: the same with `train.train_discriminator=False`, the work the RELEASED original does
-    (its discriminator never receives a gradient, spec "Corrections" 1): the like-for-like comparison;
+    (its discriminator never receives a gradient, docs/original_bugs.md#the-discriminator-is-never-trained): the
+    like-for-like comparison;
   * demo:  configs/demo.py base stage (64^2, tiny widths, ImageNet VGG16 perceptual loss), batch 4.
 Reported: compile time (lower + compile, persistent cache off), median step time over --steps steps after
 one warm-up step, process CPU seconds per step (CPU s / step s = the cores actually had, which shows a loaded
@@ -23,8 +24,8 @@ Baseline of the paper rows (the ratio column is ours / baseline; the goal is <= 
     1 source + 1 target frame, 256^2, runner forward (5 networks, 2 D passes) + all base training losses
     (perceptual with random-weight VGG19 + VGGFace) + backward + Adam steps, torch.set_num_threads(--threads);
     median over --steps after one warm-up iteration, and its peak RSS;
-  * otherwise the spec's figure (§11.2, a faster 2-core machine with torch 2 threads, not this run): 7.1 s per
-    step, 5.5 GB peak RSS for a whole `train.py` iteration.
+  * otherwise the original's reference figure (a faster 2-core machine with torch 2 threads, not this run):
+    step time and peak RSS of a whole `train.py` iteration, docs/benchmarks.md#the-originals-reference-figures.
 """
 
 import argparse
@@ -37,7 +38,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPEC_STEP_S = 7.1  # spec §11.2 (its machine, not this run): the fallback baseline
+# The fallback baseline, measured on another machine (docs/benchmarks.md#the-originals-reference-figures).
+SPEC_STEP_S = 7.1
 SPEC_PEAK_RSS_GB = 5.5
 
 
@@ -179,7 +181,7 @@ def main():
           f'parameter tensors with a gradient: {trained}')
   else:
     why = 'no --original_repo' if not args.original_repo else 'no paper config in --configs'
-    print(f'baseline "vs original": the spec\'s figure (§11.2, measured on its own 2-core machine, NOT this run; '
+    print(f'baseline "vs original": the original\'s reference figure (another 2-core machine, NOT this run; '
           f'{why}): {SPEC_STEP_S} s/step, {SPEC_PEAK_RSS_GB} GB peak RSS')
 
 if __name__ == '__main__':

@@ -12,9 +12,8 @@ import os
 __version__ = "0.1.0"
 
 # jaxlib 0.10's XLA:CPU hands convolutions, dots, elementwise ops and reductions to YNNPACK fusions by
-# default. On x86-64 CPUs they are much slower than the Eigen kernels they replace for this model; measured
-# on a 2-core AVX2 machine: the paper-config train step 32 s -> 19 s, the folded per-frame render
-# 73 -> 55 ms, a 128-channel 3x3 conv weight gradient at 128^2 492 -> 130 ms. The option only affects CPU
+# default. On x86-64 CPUs they are much slower than the Eigen kernels they replace for this model, in
+# training and in inference (docs/benchmarks.md#xla-cpu-ynnpack-fusions). The option only affects CPU
 # compiles, must be in XLA_FLAGS before the first backend is created (hence at package import), and is
 # left alone when XLA_FLAGS already chooses the YNN fusion types.
 CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,'

@@ -1,4 +1,4 @@
-"""The original's training losses (spec §6), as pure functions of the forward's outputs.
+"""The original's training losses (docs/model.md#losses), as pure functions of the forward's outputs.
 
 Every function returns the UNWEIGHTED term; `train_step` multiplies by the configured weights and names the
 results as the original does (D_ADV, G_ADV, G_FM, G_VGG19, G_VGGFace, G_L1, G_BCE, G_WPR). Where a term

@@ -34,7 +34,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The paper's stage-1 training (spec §2 effective values)."""
+  """The paper's stage-1 training (docs/model.md#paper-configuration)."""
   c = ml_collections.ConfigDict()
   c.stage = 'base'
   c.seed = 0
@@ -81,7 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.inf_apply_masks = True
   c.train.enh_apply_masks = True
-  c.train.train_discriminator = True  # the released code never trains D (spec Corrections 1)
+  # False: as the released code, whose D never trains (docs/original_bugs.md#the-discriminator-is-never-trained)
+  c.train.train_discriminator = True
   c.train.dtype = 'float32'  # or 'bfloat16' (params, optimiser and statistics stay float32)
   c.train.matmul_precision = 'default'  # 'highest' for exact float32 convs on GPU/TPU
 
@@ -127,7 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def enhancer_config() -> ml_collections.ConfigDict:
-  """The paper's stage 2 with the intended routing (spec §7.5)."""
+  """The paper's stage 2 with the intended routing (docs/original_bugs.md#the-enhancer-stage-trains-nothing)."""
   c = base_config()
   c.stage = 'enhancer'
   c.networks_to_train = 'texture_enhancer,discriminator'

@@ -6,9 +6,9 @@ r"""Paper stage 2: the texture enhancer (+ discriminator), base networks frozen 
 
 `init_from` is a params directory with the four base networks (and the discriminator): the `params/` a
 base run writes, or official weights imported with `python -m bilayer_jax.tools.import_torch`. The intended
-routing of spec §7.5 (the released script trains nothing): the discriminator and the perceptual loss
-judge the ENHANCED image; pixel and segmentation losses still act on the frozen inference generator (no
-effect on the enhancer, kept for fidelity of the logged totals).
+routing (docs/original_bugs.md#the-enhancer-stage-trains-nothing; the released script trains nothing): the
+discriminator and the perceptual loss judge the ENHANCED image; pixel and segmentation losses still act on
+the frozen inference generator (no effect on the enhancer, kept for fidelity of the logged totals).
 """
 
 from configs import common

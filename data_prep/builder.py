@@ -27,7 +27,7 @@ from data_prep import runner
 from data_prep import sources
 
 _FEATURES_DOC = """\
-frames     Sequence(Image(S, S, 3), jpeg): face crops, spec §9 crop rule.
+frames     Sequence(Image(S, S, 3), jpeg): face crops, the original's crop rule.
 segs       Sequence(Image(S, S, 1), png): person mask of each crop, 0..255.
 keypoints  Tensor(N, 68, 2) float32: iBUG-68 (x, y) in pixels of the crop.
 frame_ids  Sequence(Text): 'SEQUENCE/FRAME_INDEX' of each frame.

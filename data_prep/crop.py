@@ -1,4 +1,4 @@
-"""The face crop of the original's inference wrapper (spec §9, step 3).
+"""The face crop of the original's inference wrapper (docs/model.md#crop).
 
 The original's loader does no cropping: its training frames were pre-cropped
 and the repository never says how. Its inference wrapper does crop, and the

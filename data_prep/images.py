@@ -50,7 +50,8 @@ def encode_png(image: np.ndarray) -> bytes:
   """Encodes a uint8 (H, W) or (H, W, 3) RGB image as PNG (fast setting)."""
   if image.ndim == 3:
     image = image[..., ::-1]
-  # Level 1: masks are smooth, so stronger levels gain little and cost 3x.
+  # Level 1: masks are smooth, so stronger levels gain little and cost much more time
+  # (docs/benchmarks.md#other-measurements-behind-code-choices).
   ok, buf = cv2.imencode('.png', image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
   if not ok:
     raise ValueError('PNG encoding failed')

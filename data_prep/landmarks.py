@@ -8,7 +8,7 @@ detector; for dlib "largest" ignores weak detections, see DlibBackend).
 one ``detect`` returns first, so that callers can let the user pick another.
 
 * ``face_alignment``: Bulat's FAN with the S3FD detector, what the original
-  used (spec §4.7). Its weights are downloaded by the package on first use into
+  used (docs/model.md#external-networks). Its weights are downloaded by the package on first use into
   torch hub's cache; where they are missing we refuse instead of letting it
   try the network. Batched on GPU for videos.
 * ``dlib``: dlib's HOG detector (or its CNN detector, ``detector='cnn'``) and
@@ -181,7 +181,8 @@ class DlibBackend(LandmarkBackend):
   """dlib face detector + 68-point shape predictor, with video tracking.
 
   ``detector``: 'hog' (default; frontal faces) or 'cnn' (dlib's MMOD CNN:
-  also turned faces, ~100x slower on CPU, see bench/face_detection.py).
+  also turned faces, far slower on CPU: bench/face_detection.py,
+  docs/benchmarks.md#other-measurements-behind-code-choices).
 
   Single images (``detect``, ``detect_faces``) are searched coarse to fine:
   on a copy whose longest side is at most ``detect_max_side``, then at full

@@ -1,4 +1,4 @@
-"""Importer for data prepared for the original code (spec §8.1).
+"""Importer for data prepared for the original code (docs/model.md#dataset-layout).
 
 Layout: ``DATA_ROOT/{imgs,keypoints,segs}/{train,test}/PERSON/VIDEO/SEQ/
 FRAME.{jpg,npy,png}``. As in the original's loader, one example is one

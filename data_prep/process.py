@@ -218,7 +218,8 @@ class Processor:
     """Crops, segments and encodes a few frames, one stage at a time.
 
     Running each stage over a chunk keeps its code and model weights in the
-    CPU caches; interleaving the stages per frame measured ~10% slower.
+    CPU caches; interleaving the stages per frame was slower
+    (docs/benchmarks.md#other-measurements-behind-code-choices).
     """
     opts = self.options
     t = time.perf_counter()
@@ -266,8 +267,9 @@ class Processor:
         acc.drop('unreadable')
         acc.errors.append(f'{seq.seq_id}/{stem}: {e}')
         continue
-      # The original divides both coordinates by the stored WIDTH (spec
-      # §8.2); scaling both by size / width keeps that after resizing.
+      # The original divides both coordinates by the stored WIDTH (see
+      # docs/model.md#loading-and-normalisation); scaling both by
+      # size / width keeps that after resizing.
       kps = kps * np.float32(size / width)
       if rgb.shape[:2] != (size, size):
         jpeg = images.encode_jpeg(images.resize_bicubic(rgb, size),

@@ -2,7 +2,7 @@
 
 The original computed masks with Graphonomy (20-class human parsing) as
 ``1 - P(background)`` on the 256² crop, followed by a 5x5 grayscale erosion
-(spec §4.7). Graphonomy's weights are not obtainable offline, so the default
+(docs/model.md#external-networks). Graphonomy's weights are not obtainable offline, so the default
 here is MediaPipe's selfie segmentation: a learned person-vs-background model
 (256x256 input, one sigmoid output) that, like ``1 - P(background)``, marks the
 whole person: face, hair, neck, shoulders and clothes. See data_prep/README.md

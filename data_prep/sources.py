@@ -2,7 +2,7 @@
 
 A *job* is one dataset example: one video of one person, made of one or more
 *sequences* (video files or folders of frame images) whose frames are pooled,
-as the original pooled all sequences of a PERSON/VIDEO (spec §8.1).
+as the original pooled all sequences of a PERSON/VIDEO (docs/model.md#dataset-layout).
 
 Identity, video and split come from the path relative to the input root:
 

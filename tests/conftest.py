@@ -18,7 +18,9 @@ os.environ.setdefault('BILAYER_JAX_COMPILATION_CACHE', str(_CACHE / 'jax'))
 # term; per-tensor worst error relative to max|ref|: 1e-4 to 8e-3 with AVX2 code depending on the CPU,
 # 4.6e-2 with SSE4.2 code, while our float64 gradients match the original's). Tests pin the instruction set
 # (before jax starts; CLI subprocesses inherit it) so the float32 bounds judge our code, not the CPU.
-if platform.machine().lower() in ('x86_64', 'amd64') and 'xla_cpu_max_isa' not in os.environ.get('XLA_FLAGS', ''):
+# BILAYER_JAX_TEST_NATIVE_ISA=1 runs the tests with the CPU's own instruction set (the bounds hold there too).
+if (platform.machine().lower() in ('x86_64', 'amd64') and 'xla_cpu_max_isa' not in os.environ.get('XLA_FLAGS', '')
+    and not os.environ.get('BILAYER_JAX_TEST_NATIVE_ISA')):
   os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 import jax  # pylint: disable=g-import-not-at-top

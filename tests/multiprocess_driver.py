@@ -7,10 +7,14 @@ several local devices via XLA_FLAGS), trains the tiny demo config's base stage f
 WORKDIR through the real loop (per-host input shards, global batches, orbax checkpoints), and writes this
 process's metrics per step (losses, gradient and parameter norms: all global values), its final
 periodic evaluation and the evaluation protocol's summary (`run.py --mode=eval`'s code path, every host
-evaluating its shard of the videos) to OUT.json.
+evaluating its shard of the videos) to OUT.json. Then process 0 truncates the largest array file of the
+step-4 checkpoint and both restore through the corrupt-checkpoint fallback: the step each host chose and
+the checkpoint folder it saw afterwards go to OUT.json too (every host must make the same choice).
 """
 
 import json
+import os
+import pathlib
 import sys
 
 import jax
@@ -28,7 +32,9 @@ def main(port, num_processes, process_id, data_dir, workdir, out_path):
   from bilayer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
   config.eval.metrics, config.eval.max_targets = 'l1,psnr,ssim', 4
   protocol_results = runner.evaluate(config, workdir, progress=False)
+  fallback_step, listing = _restore_after_corruption(config, workdir)
   result = {'process_index': jax.process_index(), 'process_count': jax.process_count(),
+            'fallback_step': fallback_step, 'checkpoints_after_fallback': listing,
             'device_count': jax.device_count(), 'local_device_count': jax.local_device_count(),
             'end_step': summary['end_step'], 'eval': summary['eval'],
             'protocol': protocol_results['self_reenactment'],
@@ -36,6 +42,24 @@ def main(port, num_processes, process_id, data_dir, workdir, out_path):
   with open(out_path, 'w') as f:
     json.dump(result, f)
   jax.distributed.shutdown()
+
+
+def _restore_after_corruption(config, workdir):
+  """(step restored, sorted checkpoint folder names) after process 0 truncated step 4's largest data file."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.train import checkpoints, fallback, loop, setup, sharding  # pylint: disable=g-import-not-at-top
+  ckpts = pathlib.Path(workdir) / 'checkpoints'
+  if jax.process_index() == 0:
+    data = max((ckpts / '4' / 'state').glob('ocdbt.process_*/d/*'), key=lambda f: f.stat().st_size)
+    os.truncate(data, data.stat().st_size // 2)
+  multihost_utils.sync_global_devices('corrupted')
+  mesh = sharding.make_mesh()
+  _, abstract, shardings = loop.state_layout(config, setup.step_config(config, 'base'), mesh)
+  manager = checkpoints.make_manager(workdir, keep=5)
+  _, step = fallback.restore_latest_readable(manager, checkpoints.with_shardings(abstract, shardings))
+  manager.close()
+  multihost_utils.sync_global_devices('restored')
+  return step, sorted(p.name for p in ckpts.iterdir())
 
 
 if __name__ == '__main__':

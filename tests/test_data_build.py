@@ -51,7 +51,7 @@ def test_demo_dataset_end_to_end(tmp_path):
   assert batch['source_imgs'].shape == (3, 2, 64, 64, 3)
   assert batch['target_segs'].shape == (3, 1, 64, 64, 1)
   assert 0.2 < batch['source_segs'].mean() < 0.9  # a person, not all/none
-  # Real landmarks through the §9 crop: the keypoints' box spans half the
+  # Real landmarks through the original's crop (docs/model.md#crop): the keypoints' box spans half the
   # crop (1.0 in [-1, 1] units) and is centred side/6 below the centre.
   poses = np.concatenate([batch['source_poses'], batch['target_poses']], 1)
   xy = poses.reshape(-1, 68, 2)

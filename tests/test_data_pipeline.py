@@ -2,7 +2,7 @@
 
 The dataset is imported from a small tree in the ORIGINAL's layout
 (imgs/keypoints/segs), so every output frame can be compared with what the
-original's loader computes from the same files (spec §8.2), re-implemented
+original's loader computes from the same files (docs/model.md#loading-and-normalisation), re-implemented
 here independently with PIL.
 """
 

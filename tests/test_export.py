@@ -83,9 +83,9 @@ def test_tflite_quantised_variants(net, poses, tmp_path):
     results[quantize], outputs[quantize] = export_cli.psnr(images, ref), images
   # fp16 weights carry 11 significant bits, int8 weights (dynamic range) 8: each lost bit costs ~6 dB.
   # These fixture weights are untrained, with a texture of large gradients that magnifies every error
-  # through the warp (measured: fp16 44.0 dB, dynamic 19.8 dB), hence thresholds ~4 dB below; they
-  # catch a broken export. Full int8 loses most on these untrained weights (README, "int8 quality"): it
-  # must run, stay finite and keep its float parts float.
+  # through the warp, hence thresholds ~4 dB below the measured quality
+  # (docs/benchmarks.md#export-test-measurements); they catch a broken export. Full int8 loses most on these
+  # untrained weights (README, "int8 quality"): it must run, stay finite and keep its float parts float.
   assert results['fp16'] > 40, results
   assert results['dynamic'] > 15, results
   assert outputs['int8'].shape == ref.shape and np.isfinite(outputs['int8']).all()
@@ -178,7 +178,7 @@ def test_dynamic_range_keeps_the_tail_weights_float(tmp_path):
   assert [filter_dtype(op) for op in skips[1:]] == [np.int8, np.float32]
   ref = _reference(net, poses[:2])
   image = np.concatenate([runner(poses[i:i + 1])[0] for i in range(2)])
-  assert np.isfinite(image).all() and export_cli.psnr(image, ref) > 38  # measured 43.3 dB (41.5 without the restore)
+  assert np.isfinite(image).all() and export_cli.psnr(image, ref) > 38  # docs/benchmarks.md#export-test-measurements
 
 
 def test_equalisation_keeps_the_function_and_evens_out_channel_ranges(net, poses):
@@ -221,10 +221,9 @@ def test_quantised_quality_on_trained_weights(tmp_path):
     runner = tflite_export.LiteRunner(path)
     images = np.concatenate([runner(poses[i:i + 1])[0] for i in range(len(poses))])
     results[quantize] = export_cli.psnr(images, ref)
-  # Measured: dynamic 40.1 dB equalised (38.6 dB without), int8 29.5 dB (27.2 dB before the last skip conv,
-  # residual add and final norm stayed float); thresholds ~3 dB below. Dynamic range meets the >= 35 dB goal on
-  # trained weights; full int8 requantises every intermediate tensor and does not at this size (README,
-  # "int8 quality").
+  # Thresholds ~3 dB below the measured quality (docs/benchmarks.md#export-test-measurements). Dynamic range
+  # meets the >= 35 dB goal on trained weights; full int8 requantises every intermediate tensor and does not
+  # at this size (README, "int8 quality").
   assert results['dynamic'] > 37, results
   assert results['int8'] > 26, results
 

@@ -21,7 +21,7 @@ def _count(tree):
 
 
 def test_parameter_counts_at_paper_config():
-  """Spec §10 (state_dict params of the original, training form)."""
+  """docs/model.md#parameter-counts (state_dict params of the original, training form)."""
   variables = original.abstract_variables(BilayerConfig())
   counts = {n: _count(t) for n, t in variables['generator']['params'].items()}
   counts['discriminator'] = _count(variables['discriminator']['params'])
@@ -32,7 +32,7 @@ def test_parameter_counts_at_paper_config():
 
 def test_keypoints_embedder_count_without_harmonics():
   # The original's PoseEmbedder without harmonics: Linear(136, 256) first, i.e. 1,219,328 parameters
-  # (measured by instantiating it; spec §10's 1,219,072 is 256 short of its own (256, 136) shape).
+  # (measured by instantiating it; a hand count gave 1,219,072, 256 short, see docs/model.md#parameter-counts).
   variables = original.abstract_variables(BilayerConfig(pse_use_harmonic_enc=False), with_enhancer=False)
   assert _count(variables['generator']['params']['keypoints_embedder']) == 1_219_328
   assert variables['generator']['params']['keypoints_embedder']['net']['mlp_0']['kernel'].shape == (136, 256)

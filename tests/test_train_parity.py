@@ -153,7 +153,8 @@ def test_intended_discriminator_gradient(step_outputs, fixtures_dir):
   stage, step_cfg, state, _, _, grads = step_outputs
   if stage != 'base':
     # The fixtures hold the intended discriminator update of the base step only; in the enhancer stage the
-    # discriminator must still receive a real gradient (the original's never does, spec §7.5).
+    # discriminator must still receive a real gradient (the original's never does:
+    # docs/original_bugs.md#the-enhancer-stage-trains-nothing).
     leaves = jax.tree_util.tree_leaves(grads['discriminator'])
     assert all(np.all(np.isfinite(g)) for g in leaves)
     assert sum(float(np.abs(g).sum()) for g in leaves) > 0

@@ -113,6 +113,7 @@ def test_two_processes_train_together_and_agree(tmp_path):
   assert results[0]['protocol']['summary']['frames'] == 4 and np.isfinite(results[0]['protocol']['summary']['psnr'])
   assert (workdir / 'eval').is_dir()
   assert all(np.isfinite(v) for m in results[0]['metrics'].values() for v in m.values())
-  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-  assert steps == [2, 4]
+  # A corrupt latest checkpoint: both hosts fall back to the same step, and it is set aside once.
+  assert [r['fallback_step'] for r in results] == [2, 2]
+  assert results[0]['checkpoints_after_fallback'] == results[1]['checkpoints_after_fallback'] == ['2', '4.corrupt']
   assert (workdir / 'params' / 'config.json').is_file()

@@ -33,7 +33,8 @@ class Sizes:
   latency_runs: int  # timed calls per latency figure
 
 
-# Colab's CPU runtime has 2 cores (the demo config trains at ~0.5 s/step there); accelerators train longer.
+# Colab's CPU runtime has 2 cores (for the demo config's step time there see
+# docs/benchmarks.md#other-measurements-behind-code-choices); accelerators train longer.
 _SIZES = {
     'cpu': Sizes(base_steps=200, resume_steps=100, enhancer_steps=50, demo_base_steps=60, demo_enhancer_steps=20,
                  batch_size=4, driver_frames=120, eval_targets=16, calibration_frames=60, latency_runs=20),

@@ -1,4 +1,4 @@
-"""Import and export of the original's run directories (spec §7.6).
+"""Import and export of the original's run directories (docs/model.md#run-directories).
 
 A run directory holds `args.txt` (one `key: value` per line) and `checkpoints/<epoch>_<network>.pth`
 (each network's state_dict in spectral-norm form). The base run has identity_embedder,

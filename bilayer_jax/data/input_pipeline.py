@@ -3,7 +3,7 @@
 Per example (one video, or one chunk of a long video; chunks span the whole
 video, see data_prep) the pipeline picks ``n + T`` of its frames, decodes
 only those, and normalises them exactly as the original's loader
-(spec §8.2): PIL bicubic resize to ``image_size`` (skipped when the stored
+(docs/model.md#loading-and-normalisation): PIL bicubic resize to ``image_size`` (skipped when the stored
 size already matches, as PIL does), images and masks scaled to [-1, 1] and
 [0, 1], keypoints divided by the stored image width and mapped to [-1, 1].
 Stickmen are drawn from those keypoints with the original's renderer.

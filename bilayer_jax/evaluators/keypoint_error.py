@@ -1,4 +1,5 @@
-"""Keypoint error (NME): how well the generated head matches the driving pose (spec §4.7 'pose_matching').
+"""Keypoint error (NME): how well the generated head matches the driving pose (the original's
+'pose_matching', docs/model.md#external-networks).
 
 For each (generated, reference) pair, 68 landmarks are detected on BOTH images with the same landmark
 backend (data_prep.landmarks: face_alignment as the original, or dlib offline), and

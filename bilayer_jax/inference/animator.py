@@ -55,8 +55,8 @@ class Animator:
       with a subtree per network); the four base networks are required, the texture enhancer optional.
     preprocessor: detection/crop/mask; by default a FacePreprocessor with the 'auto' landmark backend.
     chunk: frames per jit call of `render` (a multiple of the poses is padded).
-    folded: render with the avatar's folded static network (`folding`; measured 0.63x the time of the
-      unfolded graph at 256^2 on CPU, same outputs to float tolerance) instead of the training graph.
+    folded: render with the avatar's folded static network (`folding`; faster than the unfolded graph,
+      docs/benchmarks.md#folded-rendering, same outputs to float tolerance) instead of the training graph.
   """
 
   def __init__(self, cfg: BilayerConfig, variables: Mapping[str, Any],

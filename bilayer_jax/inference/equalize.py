@@ -2,9 +2,8 @@
 
 Integer TFLite quantises each activation tensor with ONE scale for all its channels. In the folded
 network the channels of a tensor can span very different ranges (the adaptive norms scale each channel by
-the avatar's own gamma; measured: within ~2x on random paper-config weights, trained ones were not
-available), and then the per-tensor scale is set by the widest channels while the narrow ones keep only a
-few of their 256 levels.
+the avatar's own gamma; docs/benchmarks.md#quantised-export-quality), and then the per-tensor scale is set
+by the widest channels while the narrow ones keep only a few of their 256 levels.
 
 Every such tensor sits between linear maps and positively homogeneous LeakyReLUs (leaky(s x) = s leaky(x)
 for s > 0), so channel c can be multiplied by s_c > 0 where it is produced and divided by s_c where it is

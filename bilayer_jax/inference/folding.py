@@ -1,5 +1,5 @@
 """Per-avatar folding: the per-frame network as a static conv net (the original's unused
-`prepare_for_mobile_inference`, spec §9.1).
+`prepare_for_mobile_inference`; docs/export.md#folding).
 
 After an avatar is initialised, everything identity-specific in the per-frame path is a constant:
 * AdaBN (frozen running statistics, predicted gamma/beta) and the plain first BN become per-channel

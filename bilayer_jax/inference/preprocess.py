@@ -173,7 +173,10 @@ class FaceCoverage:
 
 
 def normalise_keypoints(landmarks_in_crop: np.ndarray, crop_size: int) -> np.ndarray:
-  """(68, 2) pixel landmarks of a crop -> (136,) float32 in [-1, 1] (the loader's rule, spec §8.2)."""
+  """(68, 2) pixel landmarks of a crop -> (136,) float32 in [-1, 1].
+
+  The original loader's rule, docs/model.md#loading-and-normalisation.
+  """
   return (np.asarray(landmarks_in_crop, np.float32)[:, :2] / np.float32(crop_size) * 2 - 1).reshape(-1)
 
 

@@ -42,17 +42,16 @@ QUANTIZATIONS = ('none', 'fp16', 'dynamic', 'int8')
 # conv on, everything (FLOAT_FROM_SCOPES): the heads turn small differences of the full-resolution features
 # into uv, an 8-bit uv is ~1 texel at 256^2, which the warp turns into |texture gradient| of image error,
 # and the texture itself stays float. Requantising the last skip's output and the features after the
-# residual add, the final norm and the LeakyReLU cost 4 dB of image PSNR (paper config trained 60 steps:
-# 38.3 -> 42.1 dB; demo weights 27.2 -> 29.5 dB). Together ~6% of the multiply-adds (paper config, folded).
+# residual add, the final norm and the LeakyReLU cost several dB of image PSNR
+# (docs/benchmarks.md#quantised-export-quality). Together ~6% of the multiply-adds (paper config, folded).
 # Dynamic range keeps the weights under FLOAT_FROM_SCOPES (the last skip's and the heads') float, see
 # `_restore_float_weights`.
 FLOAT_SCOPES = ('keypoint_mlp',)
 FLOAT_FROM_SCOPES = ('tail', 'heads', 'warp')
 # Equalisation strengths (`equalize.equalize`) a baked int8 or dynamic export tries; it keeps the one whose
-# model renders the representative poses closest to float. No strength wins everywhere: image PSNR vs fp32
-# over 60 driver poses at 0.5 / 1 with the float tail (README "int8 quality"), int8 on paper-config weights
-# trained 60, 150 and 300 steps 33.8 / 39.1, 34.7 / 33.8 and 44.1 / 40.5 dB, demo weights 29.3 / 29.5 dB;
-# dynamic (whose weights lose precision when scaled, its activations less) 56.9 / 53.6 dB (300 steps).
+# model renders the representative poses closest to float. No strength wins on every model, for int8 or
+# for dynamic (whose weights lose precision when scaled, its activations less): image PSNR vs fp32 at each
+# strength in docs/benchmarks.md#quantised-export-quality.
 EQUALISATION_STRENGTHS = (0.5, 1.0)
 # Poses (spread over the representative set) each candidate renders to choose a strength.
 SELECTION_POSES = 16
@@ -169,11 +168,10 @@ def _restore_float_weights(model: bytes, float_model: bytes) -> bytes:
   """A dynamic-range model with the int8 weights under FLOAT_FROM_SCOPES put back to float32.
 
   Dynamic range quantises each weighted op's input per tensor at run time. At the heads' input (the
-  full-resolution features whose small differences are the warp's uv) that costs most of its error:
-  restoring the heads' filter (and the last skip's) took image PSNR from 42.0 to 52.1 dB (paper config
-  trained 60 steps). The converter has no per-op opt-out for dynamic range, so the filters are copied back
-  from the float model and those ops run in float. (Filters under 1024 elements, as at the demo config, it
-  leaves float anyway.)
+  full-resolution features whose small differences are the warp's uv) that costs most of its error;
+  restoring the heads' filter (and the last skip's) removes it (docs/benchmarks.md#quantised-export-quality).
+  The converter has no per-op opt-out for dynamic range, so the filters are copied back from the float model
+  and those ops run in float. (Filters under 1024 elements, as at the demo config, it leaves float anyway.)
   """
   from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
   from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
@@ -230,7 +228,7 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
       int8 or dynamic model is also equalised on them (`equalize.equalize`, same function in float), which
       dynamic-range quantisation gains from too (its activations are quantised per tensor at run time), at
       the strength of EQUALISATION_STRENGTHS whose model renders SELECTION_POSES of them closest to float.
-    low_res_upsample_conv: see `folding.frame_forward` (measured on LiteRT at 256², 2 threads: 50 ms vs 64).
+    low_res_upsample_conv: see `folding.frame_forward` (faster on LiteRT: docs/benchmarks.md#folded-rendering).
   """
   tf = _tf()
   spec = net.spec

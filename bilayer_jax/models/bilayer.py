@@ -1,4 +1,4 @@
-"""The bi-layer system: the generator-side networks composed as in the original (spec §5), and the
+"""The bi-layer system: the generator-side networks composed as in the original (docs/model.md#composition), and the
 discriminator's two passes.
 
 `BilayerGenerator` holds identity_embedder, texture_generator, keypoints_embedder, inference_generator
@@ -76,7 +76,7 @@ class BilayerGenerator(nn.Module):
   def __call__(self, batch: Dict[str, Array], *, train: Collection[str] = (), inf_apply_masks: bool = True,
                enh_apply_masks: bool = True, pred_source_data: bool = False,
                enhance: bool = False) -> Dict[str, Any]:
-    """The original's generator-side forward (networks_train order, spec §5).
+    """The original's generator-side forward (networks_train order, docs/model.md#composition).
 
     Args:
       batch: `source_imgs`, `source_segs`, `source_stickmen`, `source_poses`, `target_poses`, and, for
@@ -219,7 +219,7 @@ class BilayerGenerator(nn.Module):
 
 def discriminator_passes(disc: Discriminator, variables: Dict[str, Any], real_imgs: Array, fake_imgs: Array,
                          stickmen: Array, train: bool = True) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """The discriminator's two passes of a training step (spec §6, §7.1).
+  """The discriminator's two passes of a training step (docs/model.md#losses).
 
   Pass 1 scores [real; stop_gradient(fake)] (the discriminator's loss differentiates it w.r.t. the
   discriminator's parameters); pass 2 scores [real; fake] with the parameters held constant (the

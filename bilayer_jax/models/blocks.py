@@ -1,4 +1,4 @@
-"""Normalisation layers with adaptive parameters and the pre-activation residual block (spec §3.1-3.3).
+"""Normalisation layers with adaptive parameters and the pre-activation residual block (docs/model.md#building-blocks).
 
 Submodule names follow the original's PyTorch module indices (`block_feats_3` is `block_feats.3`), so
 that checkpoint conversion is a mechanical renaming (see `bilayer_jax.convert.torch_names`).
@@ -75,7 +75,7 @@ def apply_norm(module: nn.Module, x: Array, adaptive: Sequence[AdaptivePair], tr
 
 
 class ResBlock(nn.Module):
-  """Pre-activation residual block with the original's layer order (spec §3.1).
+  """Pre-activation residual block with the original's layer order (docs/model.md#residual-block).
 
   block_feats: [norm1] -> act -> [up (non-efficient)] -> conv3x3 -> [norm2] -> act
   block:       [up (efficient)] -> conv3x3 -> [avgpool]

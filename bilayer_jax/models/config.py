@@ -1,7 +1,8 @@
 """Architecture configuration of the six networks, named exactly as the original's arguments.
 
-`BilayerConfig()` is the paper configuration (spec §2: `scripts/train_base_model_8gpus.sh` as argparse
-really parses it, so harmonic keypoint encoding and source-pose embedding are ON; enhancer defaults).
+`BilayerConfig()` is the paper configuration (docs/model.md#paper-configuration): the values of
+`scripts/train_base_model_8gpus.sh` as argparse really parses it, so harmonic keypoint encoding and
+source-pose embedding are ON; enhancer defaults.
 Block counts are derived from sizes as in the original (e.g. log2(image_size / tex_input_tensor_size)
 generator blocks). `validate()` rejects configurations whose shapes cannot fit together, naming the
 arguments involved, instead of failing deep inside a network.
@@ -25,7 +26,7 @@ def _log2_ratio(big: int, small: int, what: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BilayerConfig:
-  """Arguments of the original that shape the networks (spec §2.2). Defaults = paper config."""
+  """Arguments of the original that shape the networks (docs/model.md#network-widths). Defaults = paper config."""
   image_size: int = 256
   eps: float = 1e-7
   bn_momentum: float = 1.0

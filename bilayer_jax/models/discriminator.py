@@ -1,4 +1,6 @@
-"""discriminator (spec §4.6): image + stickman -> 8x8 patch scores and 6 feature maps for feature matching.
+"""discriminator: image + stickman -> 8x8 patch scores and 6 feature maps for feature matching.
+
+docs/model.md#discriminator describes the network.
 
 One call is one pass over a batch (the trainer runs it twice per step: once on [real; stop(fake)] for
 the discriminator's loss and once on [real; fake] with its parameters held constant for the

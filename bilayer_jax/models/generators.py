@@ -1,4 +1,4 @@
-"""texture_generator (spec §4.2) and inference_generator (spec §4.4).
+"""texture_generator (docs/model.md#texture-generator) and inference_generator (docs/model.md#inference-generator).
 
 Both are stacks of up-sampling residual blocks whose norms and skip convs take per-identity parameters
 from a projector (`projector.py`):

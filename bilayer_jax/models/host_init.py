@@ -3,7 +3,7 @@
 `Module.init` traces a whole forward pass; under jit that graph takes minutes to compile on a CPU (hundreds
 of random initialisers plus the unrolled enhancer), and eagerly it compiles hundreds of small kernels. The
 variables' shapes come from `jax.eval_shape` instead (no compilation) and their values from numpy with the
-same distributions as the modules' initialisers (PyTorch defaults, spec §3.4):
+same distributions as the modules' initialisers (PyTorch defaults, docs/model.md#spectral-norm-and-initialisation):
   kernel          U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = prod(kernel.shape[:-1])
   bias            same bound as its layer's kernel; a BatchNorm bias (no kernel beside it) is 0
   scale           1 (BatchNorm)

@@ -1,4 +1,4 @@
-"""identity_embedder (spec §4.1): source image(s) + stickman -> 6 identity embeddings at 8x8.
+"""identity_embedder (docs/model.md#identity-embedder): source image(s) + stickman -> 6 identity embeddings at 8x8.
 
 The encoder downsamples with residual blocks and averages over the n source frames in its last block;
 the decoder's blocks run at the embedding resolution and each emits its `block_feats` (act -> conv ->

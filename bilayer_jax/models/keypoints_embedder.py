@@ -1,8 +1,8 @@
-"""keypoints_embedder (spec §4.3): 68 keypoints (136 values in [-1, 1]) -> pose tensor (4, 4, C).
+"""keypoints_embedder (docs/model.md#keypoints-embedder): 68 keypoints (136 values in [-1, 1]) -> pose tensor (4, 4, C).
 
-With the harmonic encoding (ON in the paper config, see spec §0) every coordinate p becomes
-[sin(p * pi * 2^j), cos(p * pi * 2^j)], j = 0..3, frequency fastest and the sin block first
-(136 -> 1088). An MLP without norms follows; its output is read as a channel-major (C, 4, 4) tensor.
+With the harmonic encoding (ON in the paper config, see docs/original_bugs.md#boolean-flags-that-cannot-be-switched-off)
+every coordinate p becomes [sin(p * pi * 2^j), cos(p * pi * 2^j)], j = 0..3, frequency fastest and the sin
+block first (136 -> 1088). An MLP without norms follows; its output is read as a channel-major (C, 4, 4) tensor.
 """
 
 import flax.linen as nn

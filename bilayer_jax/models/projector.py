@@ -1,4 +1,4 @@
-"""Projectors: identity embeddings -> per-identity adaptive parameters of a generator (spec §3.5).
+"""Projectors: identity embeddings -> per-identity adaptive parameters of a generator (docs/model.md#projectors).
 
 For generator block k (deepest first) the projector takes embedding k (B, 8, 8, c_k), pools it to s x s
 (an AdaptiveAvgPool2d; for s > 8 this is pure replication), flattens it channel-major into rows (the

@@ -1,4 +1,4 @@
-"""texture_enhancer (spec §4.5, §5.1): learned gradient descent on the texture, unrolled 4 steps.
+"""texture_enhancer (docs/model.md#texture-enhancement): learned gradient descent on the texture, unrolled 4 steps.
 
 No optimiser and no weight update: at every step the enhancer network sees the current texture and the
 gradient of a guiding loss (how well lf + warp(texture) reconstructs the source frame(s)) w.r.t. that

@@ -1,4 +1,4 @@
-"""Frozen VGG feature extractors of the original's perceptual loss (spec §4.7, §2.3).
+"""Frozen VGG feature extractors of the original's perceptual loss (docs/model.md#external-networks).
 
 * `vgg19_imagenet_pytorch`: torchvision's VGG19 (ImageNet) `features`, input ((x + 1) / 2 - mean) / std with
   the ImageNet mean/std, features after relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (indices 1, 6, 11, 20, 29).

@@ -1,8 +1,9 @@
 """Standing BN statistics, held-out evaluation and image grids for the training loop.
 
-Standing statistics (spec §7.4 as intended; the original's version is a no-op, spec Corrections 2): the
-BatchNorm statistics of the given networks are replaced by their average over N training batches, computed
-with those BN layers in train mode and everything else in eval mode (no spectral-norm power iteration).
+Standing statistics as the original intends (docs/model.md#standing-statistics; the released version is a
+no-op, docs/original_bugs.md#standing-statistics-are-a-no-op): the BatchNorm statistics of the given
+networks are replaced by their average over N training batches, computed with those BN layers in train mode
+and everything else in eval mode (no spectral-norm power iteration).
 
 Evaluation: eval-mode one-shot self-reenactment on held-out batches (source frame -> other frames of the
 same video, driven by their own keypoints). Predictions (without the predicted-mask compositing, as at

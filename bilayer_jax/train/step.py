@@ -1,6 +1,6 @@
 """One training step of either stage, as a pure function (jit/shard it with `make_train_step`).
 
-Gradient routing (spec §6 "gradient reaches", §7.1). ONE gradient of the sum of all losses w.r.t. the
+Gradient routing (docs/model.md#gradient-routes). ONE gradient of the sum of all losses w.r.t. the
 trained parameters gives exactly the original's routing, because every cross-path is cut in the forward:
   D_ADV          pass 1 on [real; stop_gradient(fake)]        -> discriminator only
   G_ADV, G_FM    pass 2 on [real; fake] with the discriminator's parameters under stop_gradient, real
@@ -11,8 +11,8 @@ trained parameters gives exactly the original's routing, because every cross-pat
   G_WPR          mean |delta uv| (weight 0 in the paper)             -> uv head
 Generator and discriminator are updated simultaneously from the same pre-step parameters, each network
 with its own Adam, as the original's single backward + `step()` on every optimiser. Unlike the released
-code (whose discriminator never receives a gradient, spec "Corrections" 1), the discriminator trains as
-intended unless `train.train_discriminator` is False.
+code (whose discriminator never receives a gradient, docs/original_bugs.md#the-discriminator-is-never-trained), the
+discriminator trains as intended unless `train.train_discriminator` is False.
 
 Networks not in train mode (stage 2's base networks) run frozen: stored BN statistics, no power iteration,
 no gradient. The model has no stochastic layer, so the step needs no random key.
@@ -42,7 +42,7 @@ BASE_NETWORKS = ('identity_embedder', 'texture_generator', 'keypoints_embedder',
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """Loss settings with the original's names and the paper's values (spec §2.3)."""
+  """Loss settings with the original's names and the paper's values (docs/model.md#loss-settings)."""
   adv_pred_type: str = 'ragan'
   adv_loss_weight: float = 0.5
   fem_loss_type: str = 'l1'
@@ -83,7 +83,10 @@ class StepConfig:
 
   @property
   def fake_key(self) -> str:
-    """The images the discriminator and the perceptual loss judge (spec §7.5 intended routing)."""
+    """The images the discriminator and the perceptual loss judge.
+
+    The enhanced image in stage 2: docs/original_bugs.md#the-enhancer-stage-trains-nothing.
+    """
     return 'pred_enh_target_imgs' if self.enhancer else 'pred_target_imgs'
 
   def lr(self, network: str) -> float:

@@ -1,0 +1,48 @@
+"""Every command-line entry point: user errors are one line `error: ...` with exit code 2, bugs keep their
+traceback, BILAYER_JAX_TRACEBACK=1 shows it anyway."""
+
+import subprocess
+import sys
+
+import pytest
+
+from bilayer_jax import cli
+from bilayer_jax import errors
+
+import train_utils
+
+
+def _main_raising(error):
+  def main():
+    raise error
+  return main
+
+
+def test_a_user_error_is_one_line_and_exit_2(capsys, monkeypatch):
+  monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+  with pytest.raises(SystemExit) as ended:
+    cli.user_errors_as_one_line(_main_raising(errors.InvalidArgumentError('--x 3: expected 1 or 2')))()
+  assert ended.value.code == errors.EXIT_USER_ERROR
+  assert capsys.readouterr().err == 'error: --x 3: expected 1 or 2\n'
+
+
+def test_a_bug_keeps_its_traceback_and_the_switch_shows_user_errors_in_full(monkeypatch):
+  with pytest.raises(ZeroDivisionError):
+    cli.user_errors_as_one_line(_main_raising(ZeroDivisionError()))()
+  monkeypatch.setenv(cli.TRACEBACK_ENV, '1')
+  with pytest.raises(errors.InvalidArgumentError):
+    cli.user_errors_as_one_line(_main_raising(errors.InvalidArgumentError('x')))()
+
+
+@pytest.mark.parametrize('module,args,expected', [
+    ('bilayer_jax.tools.import_torch', ['--run_dir=/nonexistent', '--epoch=1', '--out=OUT'], '/nonexistent'),
+    ('bilayer_jax.tools.export_torch', ['--params=/nonexistent', '--out_dir=OUT'], '/nonexistent'),
+    ('bilayer_jax.tools.parity', ['--bogus=1'], "Unknown command line flag 'bogus'"),
+])
+def test_tools_print_one_line_and_write_nothing(module, args, expected, tmp_path):
+  args = [a.replace('OUT', str(tmp_path / 'out')) for a in args]
+  run = subprocess.run([sys.executable, '-m', module, *args], cwd=train_utils.REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert run.returncode == errors.EXIT_USER_ERROR, run.stderr[-2000:]
+  assert 'Traceback' not in run.stderr and 'error: ' in run.stderr and expected in run.stderr, run.stderr[-2000:]
+  assert not (tmp_path / 'out').exists()
