@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 from bilayer_jax import cli
 from bilayer_jax import errors
+from bilayer_jax import xla_cpu
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -58,6 +59,7 @@ def _config():
 
 def main(argv):
   del argv
+  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
   config = _config()
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top

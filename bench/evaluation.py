@@ -10,15 +10,11 @@ relative to it.
 """
 
 import argparse
-import os
-import sys
 import time
 
-# bench/data_prep.py shares its name with the data_prep package: keep bench/ off the import path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != os.path.dirname(os.path.abspath(__file__))]
+import numpy as np
 
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-
+from bilayer_jax import xla_cpu
 from bilayer_jax.evaluators import metrics as metrics_lib
 from bilayer_jax.inference import video
 from data_prep import crop as crop_lib
@@ -49,6 +45,7 @@ def timed(fn, repeats: int = 2) -> float:
 
 
 def main():
+  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--frames', type=int, default=32)
   parser.add_argument('--sizes', default='64,256')

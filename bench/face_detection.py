@@ -15,20 +15,14 @@ Rows per detector and photo:
 
 import argparse
 import functools
-import os
-import sys
 import time
 
-# This directory holds a data_prep.py; drop it from the import path so `data_prep` is the package.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != os.path.dirname(os.path.abspath(__file__))]
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+import cv2
+import numpy as np
+import skimage.data
 
-import cv2  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import skimage.data  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from data_prep import images  # pylint: disable=g-import-not-at-top,wrong-import-position
-from data_prep import landmarks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_prep import images
+from data_prep import landmarks
 
 FACE_SIZES = (100, 50)  # px: the astronaut's face box width in each pasted copy
 ASTRONAUT_FACE_WIDTH = 87  # her dlib HOG box at the original 512x512

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilayer_jax import xla_cpu
 from bilayer_jax.convert import original
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig
@@ -151,6 +152,7 @@ def bench_original(repo, cfg, variables, batch):
 
 
 def main():
+  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--runs', type=int, default=20)
   parser.add_argument('--original_repo', default=None, help='checkout of saic-violet/bilayer-model (baseline)')

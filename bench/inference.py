@@ -25,21 +25,17 @@ reference figure (docs/benchmarks.md#the-originals-reference-figures).
 
 import argparse
 import dataclasses
-import importlib.util
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-
-
-from bilayer_jax import export as export_cli  # pylint: disable=g-import-not-at-top
+from bilayer_jax import export as export_cli
 from bilayer_jax import model_io
+from bilayer_jax import xla_cpu
 from bilayer_jax.convert import original
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import folding
@@ -48,20 +44,11 @@ from bilayer_jax.inference import tflite_export
 from bilayer_jax.inference import video
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig
+import forward as forward_bench  # bench/forward.py (this script's folder is on sys.path)
 
 ORIGINAL_PER_FRAME_S = 0.050  # docs/benchmarks.md#the-originals-reference-figures
 
 
-def _load_forward_bench():
-  """bench/forward.py as a module (not via sys.path: bench/data_prep.py would shadow the package)."""
-  spec = importlib.util.spec_from_file_location(
-      'forward_bench', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'forward.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-forward_bench = _load_forward_bench()
 
 
 def _medians(fns, runs):
@@ -89,6 +76,7 @@ def calibrated_variables(cfg):
 
 
 def main():
+  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--runs', type=int, default=30)
   parser.add_argument('--threads', type=int, default=os.cpu_count())

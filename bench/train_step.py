@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+from bilayer_jax import xla_cpu
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The fallback baseline, measured on another machine (docs/benchmarks.md#the-originals-reference-figures).
 SPEC_STEP_S = 7.1
@@ -55,7 +57,6 @@ def _run_child(cmd, env, what):
 def _measure_original(repo: str, steps: int, threads: int, env) -> dict:
   """The original's base training iteration at the paper config, in its own subprocess (own peak RSS)."""
   import tempfile  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, REPO)
   from bilayer_jax.convert import original  # pylint: disable=g-import-not-at-top
   # The base script's arguments as argparse parses them; CPU, batch 1. The test metrics (LPIPS, CSIM) are
   # not built: no training iteration evaluates them and they need weights and a removed scikit-image API.
@@ -71,7 +72,6 @@ def _measure_original(repo: str, steps: int, threads: int, env) -> dict:
 
 def _measure(name: str, steps: int) -> dict:
   """Runs in the child process: one configuration, returns its figures."""
-  sys.path.insert(0, REPO)
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -133,6 +133,7 @@ def _measure(name: str, steps: int) -> dict:
 
 
 def main():
+  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--configs', default='paper,paper_released,demo')
   parser.add_argument('--steps', type=int, default=5)

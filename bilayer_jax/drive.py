@@ -22,6 +22,7 @@ import numpy as np
 import tqdm.auto
 
 from bilayer_jax import cli
+from bilayer_jax import xla_cpu
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import preprocess
 from bilayer_jax.inference import video
@@ -140,6 +141,7 @@ def drive(params: str, source: str, driver: str, out: str, *, side_by_side: bool
 
 def main(argv):
   del argv
+  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
   summary = drive(FLAGS.params, FLAGS.source, FLAGS.driver, FLAGS.out, side_by_side=FLAGS.side_by_side,
                   enhance=FLAGS.enhance, background=FLAGS.background, landmarks=FLAGS.landmarks,
                   segmentation=FLAGS.segmentation, display_size=FLAGS.display_size,

@@ -31,6 +31,7 @@ import numpy as np
 
 from bilayer_jax import cli
 from bilayer_jax import errors
+from bilayer_jax import xla_cpu
 from bilayer_jax.inference import preprocess  # light (no JAX): its defaults name the flags' defaults
 from data_prep import landmarks as landmarks_lib
 
@@ -193,6 +194,7 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
 
 def main(argv):
   del argv
+  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
   result = export(FLAGS.params, FLAGS.format, FLAGS.out, FLAGS.source, FLAGS.quantize, FLAGS.with_init,
                   FLAGS.enhance, FLAGS.driver, FLAGS.landmarks, FLAGS.epoch, FLAGS.batch, detector=FLAGS.detector,
                   face_index=FLAGS.face_index, face_box=FLAGS.face_box,

@@ -23,6 +23,10 @@ if (platform.machine().lower() in ('x86_64', 'amd64') and 'xla_cpu_max_isa' not 
     and not os.environ.get('BILAYER_JAX_TEST_NATIVE_ISA')):
   os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
+from bilayer_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+
+xla_cpu.configure()  # what the entry points do (before JAX starts); CLI subprocesses inherit XLA_FLAGS
+
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 

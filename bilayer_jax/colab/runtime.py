@@ -15,6 +15,8 @@ import warnings
 from absl import logging
 import jax
 
+from bilayer_jax import xla_cpu
+
 SMOKE_ENV = 'BILAYER_JAX_NOTEBOOK_SMOKE'
 
 
@@ -99,8 +101,10 @@ def quiet_logs() -> None:
 
 
 def setup() -> Runtime:
-  """Detects the runtime, quiets logs, enables the compilation cache; prints and returns the runtime."""
+  """Chooses the XLA:CPU flags (before JAX starts), detects the runtime, quiets logs, enables the compilation
+  cache; prints and returns the runtime."""
   from bilayer_jax import train  # pylint: disable=g-import-not-at-top
+  xla_cpu.configure()
   quiet_logs()
   train.enable_compilation_cache()
   runtime = detect()

@@ -14,6 +14,7 @@ from absl import flags
 
 from bilayer_jax import cli
 from bilayer_jax import model_io
+from bilayer_jax import xla_cpu
 from bilayer_jax.convert import original
 
 FLAGS = flags.FLAGS
@@ -49,6 +50,7 @@ def export_params(params_dir: str, out_dir: str, epoch: str, enh_out_dir: str = 
 
 def main(argv):
   del argv
+  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
   export_params(FLAGS.params, FLAGS.out_dir, FLAGS.epoch, FLAGS.enh_out_dir, FLAGS.enh_epoch)
   print(f'wrote {FLAGS.out_dir}' + (f' and {FLAGS.enh_out_dir}' if FLAGS.enh_out_dir else ''))
 

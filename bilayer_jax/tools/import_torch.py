@@ -13,6 +13,7 @@ from absl import flags
 
 from bilayer_jax import cli
 from bilayer_jax import model_io
+from bilayer_jax import xla_cpu
 from bilayer_jax.convert import original
 
 FLAGS = flags.FLAGS
@@ -40,6 +41,7 @@ def import_run(run_dir, epoch, enh_run_dir=None, enh_epoch=None, out=None):
 
 def main(argv):
   del argv
+  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
   import_run(FLAGS.run_dir, FLAGS.epoch, FLAGS.enh_run_dir, FLAGS.enh_epoch, FLAGS.out)
 
 

