@@ -64,6 +64,7 @@ def _execute(name, tmp_path, **parameters):
                    if o.output_type == 'stream')
 
 
+@pytest.mark.slow
 def test_notebooks_run_headless(tmp_path, monkeypatch, fixtures_dir, enh_run_dir):
   """demo (trains the demo model, imports the original-layout fixture run as 'official' weights), export
   (reuses that model), train (both stages, resume, evaluation), as CI sizes."""

@@ -52,6 +52,7 @@ def _finite_summary(summary, names):
     assert math.isfinite(summary[name]), (name, summary)
 
 
+@pytest.mark.slow
 def test_demo_evaluation_is_finite_and_ranks_training_above_initialisation(demo_eval, data_dir, tmp_path):
   out = demo_eval / 'eval' / 'trained'
   results = json.loads((out / 'results.json').read_text())

@@ -48,7 +48,7 @@ def _batch(cfg, b, n, t, seed=0):
           'target_poses': jnp.asarray(rng.uniform(-1, 1, (b, t, 136)).astype(np.float32))}
 
 
-@pytest.mark.parametrize('n,t', [(2, 3), (3, 1)])
+@pytest.mark.parametrize('n,t', [pytest.param(2, 3, marks=pytest.mark.slow), (3, 1)])
 def test_any_number_of_source_and_target_frames(n, t):
   """The original crashes for n != T (keypoints embedder) and T > 1 (discriminator); we do not."""
   gen = BilayerGenerator(TINY)
@@ -104,6 +104,7 @@ def test_fresh_model_is_finite_in_eval_mode():
   assert np.isfinite(np.asarray(out['pred_target_imgs'])).all()
 
 
+@pytest.mark.slow
 def test_bfloat16_training_forward_is_finite_and_close():
   gen32 = BilayerGenerator(TINY, with_enhancer=False)
   gen16 = BilayerGenerator(TINY, with_enhancer=False, dtype=jnp.bfloat16)

@@ -111,6 +111,7 @@ def _run_py(workdir, data_dir, num_steps):
 _ENV = {**os.environ, 'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
 
 
+@pytest.mark.slow
 def test_run_py_resumes_from_the_previous_checkpoint_with_one_warning(data_dir, finished_run, tmp_path):
   """What a user sees after a node died mid-write: one warning naming the checkpoint and why, no traceback."""
   ckpts = _copy(finished_run, tmp_path)
@@ -124,6 +125,7 @@ def test_run_py_resumes_from_the_previous_checkpoint_with_one_warning(data_dir, 
   assert sorted(p.name for p in ckpts.iterdir()) == ['2', '4', '4.corrupt']
 
 
+@pytest.mark.slow
 def test_run_py_user_errors_are_one_line_and_write_nothing(data_dir, tmp_path):
   cases = {'--config.batch_size=-1': 'config.batch_size=-1: expected an integer >= 1',
            '--config.log.eval_every_steps=-1': 'config.log.eval_every_steps=-1',

@@ -92,6 +92,7 @@ def _run_py(workdir, data_dir, num_steps, checkpoint_every):
           '--config.log.image_every_steps=1000', '--config.standing_stats.num_batches=1']
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_resumes(data_dir, tmp_path):
   """SIGTERM mid-run: the run saves the step it is at and exits 75 (preempted); a restart resumes from there."""
   workdir = tmp_path / 'run'

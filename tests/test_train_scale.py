@@ -59,6 +59,7 @@ def sharded_results(tmp_path_factory):
   return np.load(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['dp', 'fsdp'])
 def test_sharded_step_equals_single_device(sharded_results, mode):
   results = sharded_results
@@ -93,6 +94,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_and_agree(tmp_path):
   data_dir = demo.ensure_demo_dataset(str(tmp_path / 'data'))
   port, workdir = _free_port(), tmp_path / 'run'
