@@ -81,8 +81,8 @@ def main(argv):
   from bilayer_jax.train import config_checks  # pylint: disable=g-import-not-at-top
   config_checks.check(config)
   if FLAGS.mode == 'eval':
-    from bilayer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
-    results = runner.evaluate(config, FLAGS.workdir)
+    from bilayer_jax import evaluate  # pylint: disable=g-import-not-at-top
+    results = evaluate.evaluate(config, FLAGS.workdir)
     logging.info('self-reenactment: %s', results['self_reenactment']['summary'])
     return
   from bilayer_jax.train import loop  # pylint: disable=g-import-not-at-top

@@ -13,7 +13,7 @@ import pytest
 from bilayer_jax import model_io
 from bilayer_jax.data import demo
 from bilayer_jax.evaluators import protocol
-from bilayer_jax.evaluators import runner
+from bilayer_jax import evaluate as runner
 from bilayer_jax.train import setup
 from bilayer_jax.train import step as step_lib
 from configs import demo as demo_config

@@ -157,11 +157,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike, params: st
              runtime: runtime_lib.Runtime, metrics: str = 'l1,psnr,ssim,lpips') -> Dict[str, Any]:
   """The evaluation protocol (one-shot self-reenactment on the held-out split, with the source-copy and
   mean-image baselines) on `params`; writes WORKDIR/eval/notebook/{results.json,results.md,examples.png}."""
-  from bilayer_jax.evaluators import runner  # pylint: disable=g-import-not-at-top
+  from bilayer_jax import evaluate  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())
   config.eval.params, config.eval.metrics, config.eval.name = params, metrics, 'notebook'
   config.eval.max_targets = runtime.sizes.eval_targets
-  return runner.evaluate(config, str(workdir))
+  return evaluate.evaluate(config, str(workdir))
 
 
 def latency_ms(fn: Callable[[np.ndarray], Any], poses: np.ndarray, runs: int) -> float:

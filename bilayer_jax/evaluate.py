@@ -1,5 +1,8 @@
 """`python run.py --config ... --workdir DIR --mode=eval`: evaluate a checkpoint or imported weights.
 
+The glue between a training config and the evaluation library (`bilayer_jax.evaluators`): it sits with
+the entry points because it reads the trainer's checkpoints, so the library needs nothing from `train/`.
+
 What is evaluated (first match):
   1. `eval.params`: a bilayer_jax params directory (a run's params/, `tools.import_torch` output), or one of the
      ORIGINAL's run directories (args.txt + checkpoints/<epoch>_<net>.pth; set `eval.original_epoch`, and
@@ -18,6 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 from absl import logging
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from PIL import Image
 
 from bilayer_jax import errors
@@ -27,6 +31,9 @@ from bilayer_jax.evaluators import metrics as metrics_lib
 from bilayer_jax.evaluators import protocol
 from bilayer_jax.evaluators import report
 from bilayer_jax.inference import animator as animator_lib
+from bilayer_jax.train import checkpoints
+from bilayer_jax.train import setup
+from bilayer_jax.train import step as step_lib
 
 
 def _stage_dirs(config, workdir: str):
@@ -37,7 +44,6 @@ def _stage_dirs(config, workdir: str):
 
 def _latest_step(stage_dir: str) -> Optional[int]:
   """The newest complete checkpoint step in STAGE_DIR/checkpoints, or None."""
-  from bilayer_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
   if not (pathlib.Path(stage_dir) / 'checkpoints').is_dir():
     return None
   manager = checkpoints.make_manager(stage_dir, keep=1_000_000)  # never deletes: only reads
@@ -49,10 +55,6 @@ def _latest_step(stage_dir: str) -> Optional[int]:
 
 def _from_checkpoint(config, stage_dir: str, step: int) -> animator_lib.Animator:
   """The generator of checkpoint `step` (full training state, restored as saved) as an Animator."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.train import setup  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   manager = checkpoints.make_manager(stage_dir, keep=1_000_000)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
