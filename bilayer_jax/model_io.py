@@ -89,6 +89,28 @@ def save_params(directory: os.PathLike, cfg: BilayerConfig, variables: Mapping[s
   return directory
 
 
+def replace_params(directory: os.PathLike, cfg: BilayerConfig, variables: Mapping[str, Any],
+                   metadata: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
+  """Writes a params directory over an existing one: the new one is complete before the old one goes
+  (DIR.new is written, DIR moved to DIR.old, DIR.new to DIR, DIR.old removed)."""
+  final = pathlib.Path(directory).absolute()
+  staging, old = final.with_name(final.name + '.new'), final.with_name(final.name + '.old')
+  if old.exists():  # an earlier replacement was interrupted: DIR.old is complete, keep it if DIR is gone
+    if final.exists():
+      shutil.rmtree(old)
+    else:
+      os.replace(old, final)
+  if staging.exists():
+    shutil.rmtree(staging)
+  save_params(staging, cfg, variables, metadata)
+  if final.exists():
+    os.replace(final, old)
+  os.replace(staging, final)
+  if old.exists():
+    shutil.rmtree(old)
+  return final
+
+
 def load_config(directory: os.PathLike) -> Tuple[BilayerConfig, Dict[str, Any]]:
   """Reads only the architecture and the info of a params directory."""
   path = pathlib.Path(directory) / 'config.json'

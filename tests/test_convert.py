@@ -55,6 +55,21 @@ def test_params_directory_round_trip(small_run, tmp_path):
   assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')], 'temporary directory left behind'
 
 
+def test_replacing_a_params_directory_never_loses_the_complete_one(small_run, tmp_path):
+  cfg, variables, _ = small_run
+  target = tmp_path / 'params'
+  model_io.replace_params(target, cfg, variables, {'step': 1})
+  model_io.replace_params(target, cfg, variables, {'step': 2})
+  assert model_io.load_config(target)[1]['metadata']['step'] == 2
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['params']
+  # Interrupted between moving DIR aside and moving the new one in: only DIR.old is complete.
+  target.rename(tmp_path / 'params.old')
+  (tmp_path / 'params.new').mkdir()
+  with pytest.raises(ValueError, match='Unsupported type'):  # and now the new variables fail to save
+    model_io.replace_params(target, cfg, {'x': object()})
+  assert model_io.load_config(target)[1]['metadata']['step'] == 2  # the complete copy is back in place
+
+
 def _copy_run(fixtures_dir, dst):
   shutil.copytree(fixtures_dir / 'checkpoints', dst / 'checkpoints')
   shutil.copy(fixtures_dir / 'args.txt', dst / 'args.txt')

@@ -12,9 +12,9 @@ import pytest
 from bilayer_jax import errors
 from bilayer_jax.train import checkpoints
 from bilayer_jax.train import fallback
-from bilayer_jax.train import loop
 from bilayer_jax.train import setup
 from bilayer_jax.train import sharding
+from bilayer_jax.train import stage_setup
 
 import train_utils
 
@@ -42,7 +42,7 @@ def _files(directory):
 def _restore(config, workdir):
   """fallback.restore_latest_readable as the trainer calls it (no compilation needed)."""
   cfg = setup.step_config(config, 'base')
-  _, abstract, shardings = loop.state_layout(config, cfg, sharding.make_mesh())
+  _, abstract, shardings = stage_setup.state_layout(config, cfg, sharding.make_mesh())
   manager = checkpoints.make_manager(str(workdir), keep=5)
   try:
     return fallback.restore_latest_readable(manager, checkpoints.with_shardings(abstract, shardings))

@@ -11,10 +11,10 @@ seed at the start and at every checkpoint step, so a run resumed from a periodic
 batches an uninterrupted run sees.
 """
 
+import dataclasses
 import functools
 import os
 import pathlib
-import shutil
 import time
 from typing import Any, Dict, Iterator
 
@@ -23,7 +23,6 @@ from clu import metric_writers
 from clu import parameter_overview
 from clu import periodic_actions
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -32,13 +31,12 @@ import tqdm.auto
 from bilayer_jax import model_io
 from bilayer_jax.data import demo
 from bilayer_jax.data import input_pipeline
-from bilayer_jax.evaluators import lpips as lpips_lib
-from bilayer_jax.evaluators import metrics as metrics_lib
 from bilayer_jax.train import checkpoints
 from bilayer_jax.train import config_checks
 from bilayer_jax.train import evaluation
 from bilayer_jax.train import setup
 from bilayer_jax.train import sharding
+from bilayer_jax.train import stage_setup
 from bilayer_jax.train import step as step_lib
 
 
@@ -162,46 +160,44 @@ def _write_params(workdir: str, cfg: step_lib.StepConfig, state, config, replica
   """
   gathered = jax.jit(step_lib.model_variables, out_shardings=replicated)(state)
   variables = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), gathered)
-  if jax.process_index() != 0:
-    return
-  final = pathlib.Path(workdir) / 'params'
-  staging = pathlib.Path(workdir) / 'params.new'
-  if staging.exists():
-    shutil.rmtree(staging)
-  model_io.save_params(staging, cfg.model, variables, {'trained_by': 'bilayer_jax', 'stage': cfg.stage,
-                                                       'step': int(state['step']), 'config': config.to_json()})
-  if final.exists():
-    old = pathlib.Path(workdir) / 'params.old'
-    os.replace(final, old)
-    os.replace(staging, final)
-    shutil.rmtree(old)
-  else:
-    os.replace(staging, final)
+  if jax.process_index() == 0:
+    model_io.replace_params(pathlib.Path(workdir) / 'params', cfg.model, variables, {
+        'trained_by': 'bilayer_jax', 'stage': cfg.stage, 'step': int(state['step']), 'config': config.to_json()})
 
 
-def dummy_batch(config: ml_collections.ConfigDict) -> Dict[str, jax.Array]:
-  """Zeros shaped like one global training batch (for shapes and compilation)."""
-  s, b = config.model.image_size, config.batch_size
-  n, t = config.data.num_source_frames, config.data.num_target_frames
-  frames = lambda f, c: jnp.zeros((b, f, s, s, c))
-  poses = lambda f: jnp.zeros((b, f, config.model.pse_in_channels))
-  return {'source_imgs': frames(n, 3), 'source_segs': frames(n, 1), 'source_stickmen': frames(n, 3),
-          'source_poses': poses(n), 'target_imgs': frames(t, 3), 'target_segs': frames(t, 1),
-          'target_stickmen': frames(t, 3), 'target_poses': poses(t)}
+@dataclasses.dataclass
+class _Stage:
+  """What one stage's loop runs with (built by `_prepare`)."""
+  config: ml_collections.ConfigDict
+  cfg: step_lib.StepConfig
+  workdir: str
+  batch_sh: Any
+  repl: Any
+  state_sh: Any
+  writer: Any
+  perceptual: Dict[str, Any]
+  manager: Any
+  fns: stage_setup.StageFunctions
 
 
-def state_layout(config: ml_collections.ConfigDict, cfg: step_lib.StepConfig, mesh):
-  """(variable shapes, abstract training state, its shardings) of one stage, without computing anything."""
-  shapes = step_lib.variable_shapes(cfg, dummy_batch(config))
-  abstract_state = jax.eval_shape(functools.partial(step_lib.init_state, cfg), shapes)
-  state_sh = sharding.state_shardings(abstract_state, mesh, config.mesh.fsdp, config.mesh.fsdp_min_size)
-  return shapes, abstract_state, state_sh
+def _restore_or_init(config, cfg, manager, mesh, repl):
+  """(state, where it came from, its shardings): checkpoint, other run, init_from or fresh (checkpoints.py)."""
+  shapes, abstract_state, state_sh = stage_setup.state_layout(config, cfg, mesh)
+
+  def init():
+    # Fresh variables are made on the host (every host the same, from the seed) and placed in their shards.
+    variables = jax.device_put(step_lib.init_variables(cfg, config.seed, shapes), repl)
+    return jax.jit(functools.partial(step_lib.init_state, cfg), out_shardings=state_sh)(variables)
+
+  def merge(state, variables):
+    return jax.device_put(_merge_init_params(cfg, state, variables, config.init_from), state_sh)
+
+  state, source = checkpoints.restore_or_init(manager, config, abstract_state, state_sh, init, merge)
+  return state, source, abstract_state, state_sh
 
 
-def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_steps: int,
-              guard: checkpoints.PreemptionGuard) -> Dict[str, Any]:
-  """Trains one stage to `num_steps` (resuming if WORKDIR holds checkpoints). Returns a summary."""
-  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+def _prepare(config: ml_collections.ConfigDict, workdir: str, stage: str):
+  """(_Stage, state, source): mesh, writer, perceptual nets, the restored state and the compiled functions."""
   cfg = setup.step_config(config, stage)
   logging.info('process %d/%d, %d local / %d global devices (%s); stage %s trains %s',
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
@@ -211,128 +207,149 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_s
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
   perceptual = jax.device_put(setup.perceptual_params(config, cfg), repl)
-
-  # --- state: shapes, shardings, init / restore --------------------------------------------------
-  dummy = dummy_batch(config)
-  shapes, abstract_state, state_sh = state_layout(config, cfg, mesh)
-  # Fresh variables are made on the host (every host the same, from the seed) and placed in their shards.
-  init_jit = lambda: jax.jit(lambda v: step_lib.init_state(cfg, v), out_shardings=state_sh)(
-      jax.device_put(step_lib.init_variables(cfg, config.seed, shapes), sharding.replicated(mesh)))
   manager = checkpoints.make_manager(workdir, config.log.keep_checkpoints)
-  merge = lambda st, variables: jax.device_put(_merge_init_params(cfg, st, variables, config.init_from), state_sh)
-  state, source = checkpoints.restore_or_init(manager, config, abstract_state, state_sh, init_jit, merge)
-  start = int(state['step'])
-  logging.info('%s; starting at step %d of %d', source, start, num_steps)
+  state, source, abstract_state, state_sh = _restore_or_init(config, cfg, manager, mesh, repl)
+  fns = stage_setup.compile_functions(config, cfg, abstract_state, state_sh, batch_sh, repl, perceptual)
+  _barrier(f'bilayer_jax/compiled/{stage}/{int(state["step"])}')
+  stage_ctx = _Stage(config, cfg, workdir, batch_sh, repl, state_sh, writer, perceptual, manager, fns)
+  return stage_ctx, state, source
 
-  # --- compiled functions: all compiled up front, then the hosts synchronise --------------------------
-  # (with several processes, a host reaching its first collective long before the others times out)
-  abs_state = checkpoints.with_shardings(abstract_state, state_sh)
-  abs_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in dummy.items()}
-  abs_gen = step_lib.model_variables(abs_state)['generator']
-  compile_start = time.time()
-  step_fn = jax.jit(functools.partial(step_lib.train_step, cfg), in_shardings=(state_sh, batch_sh, repl),
-                    out_shardings=(state_sh, repl), donate_argnums=(0,)).lower(abs_state, abs_batch,
-                                                                                perceptual).compile()
-  stats_networks = tuple(n for n in setup._names(config.standing_stats.networks)
-                         if n in cfg.generator_train_modes) if config.standing_stats.enabled else ()
-  stats_fn = evaluation.make_stats_fn(cfg, stats_networks).lower(abs_gen, abs_batch).compile() \
-      if stats_networks else None
-  eval_names = [n for n in metrics_lib.parse_metrics(config.eval.periodic_metrics)
-                if n in metrics_lib.DEVICE_METRICS]
-  lpips = lpips_lib.LPIPS() if 'lpips' in eval_names else None
-  lpips_vars = jax.device_put(lpips.variables, repl) if lpips else None
-  eval_fn = evaluation.make_eval_fn(cfg, config.log.num_images, eval_names, lpips, out_sharding=repl).lower(
-      abs_gen, abs_batch, lpips_vars).compile()
-  abs_sum = jax.jit(lambda tree: sum(jnp.sum(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)),
-                    out_shardings=repl).lower(abs_state['params']).compile()
-  compile_time = time.time() - compile_start
-  logging.info('compiled the train step, evaluation and statistics functions in %.1f s', compile_time)
-  _barrier(f'bilayer_jax/compiled/{stage}/{start}')
+
+def _log_start(ctx: _Stage, state, start: int) -> None:
+  """Hyperparameters and a parameter overview at step 0; the compile time always."""
   if start == 0:
     if jax.process_index() == 0:
-      writer.write_hparams({k: str(v) for k, v in config.to_dict().items() if not isinstance(v, dict)})
+      ctx.writer.write_hparams({k: str(v) for k, v in ctx.config.to_dict().items() if not isinstance(v, dict)})
     # 'global': statistics of sharded arrays by collectives, so every process takes part (process 0 logs).
     overview = dict(state['params']['generator'], discriminator=state['params']['discriminator'])
     for net, tree in overview.items():
       parameter_overview.log_parameter_overview(tree, include_stats='global', msg=f'{net} parameters',
                                                 jax_logging_process=0)
-  writer.write_scalars(start, {'perf/compile_time_s': compile_time})
+  ctx.writer.write_scalars(start, {'perf/compile_time_s': ctx.fns.seconds})
 
-  def with_standing_stats(st, step):
-    if not stats_fn:
-      return st
-    batches = _batches(_dataset(config, config.data.train_split, _data_seed(config.seed, step, 1)), batch_sh)
-    count = config.standing_stats.num_batches
-    new = evaluation.standing_statistics(stats_fn, st, (next(batches) for _ in range(count)), stats_networks)
-    return jax.device_put(new, state_sh)
 
-  def run_eval(st, step):
-    batches = _batches(_dataset(config, config.data.eval_split, config.seed, shuffle=False), batch_sh)
-    gen_vars = step_lib.model_variables(st)['generator']
-    values = {}
-    images = None
-    for _ in range(config.log.eval_batches):
-      metrics, columns = eval_fn(gen_vars, next(batches), lpips_vars)
-      for k, v in jax.device_get(metrics).items():
-        values.setdefault(k, []).append(np.asarray(v))
-      images = images if images is not None else columns
-    summary = {f'eval/{k}': float(np.concatenate(v).mean()) for k, v in values.items()}
-    writer.write_scalars(step, summary)
-    writer.write_images(step, {'eval/samples': evaluation.image_grid(images, config.log.num_images)[None]})
-    logging.info('eval at step %d: %s', step, summary)
-    return summary
+def _train_batches(ctx: _Stage, step: int) -> Iterator[Dict[str, jax.Array]]:
+  """Training batches from `step` on (the data order is a function of seed and step)."""
+  return _batches(_dataset(ctx.config, ctx.config.data.train_split, _data_seed(ctx.config.seed, step)),
+                  ctx.batch_sh)
 
-  # --- loop ---------------------------------------------------------------------------------------
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-  train_iter = _batches(_dataset(config, config.data.train_split, _data_seed(config.seed, start)), batch_sh)
-  summary: Dict[str, Any] = {'stage': stage, 'start_step': start, 'source': source, 'metrics': {}}
-  last_log, last_log_step = time.time(), start
-  step = start
-  bar = tqdm.auto.tqdm(total=num_steps, initial=start, desc=f'{stage} stage', unit='step',
-                       disable=not config.log.progress_bar or jax.process_index() > 0)
+
+def _with_standing_stats(ctx: _Stage, state, step: int):
+  """The state with BN statistics averaged over `standing_stats.num_batches` batches (if on)."""
+  if not ctx.fns.stats:  # off, or no network of this stage has BN in train mode
+    return state
+  config = ctx.config
+  batches = _batches(_dataset(config, config.data.train_split, _data_seed(config.seed, step, 1)), ctx.batch_sh)
+  count = config.standing_stats.num_batches
+  new = evaluation.standing_statistics(ctx.fns.stats, state, (next(batches) for _ in range(count)),
+                                       ctx.fns.stats_networks)
+  return jax.device_put(new, ctx.state_sh)
+
+
+def _evaluate(ctx: _Stage, state, step: int) -> Dict[str, float]:
+  """The periodic held-out evaluation: metrics and a sample grid to TensorBoard; returns the metrics."""
+  config = ctx.config
+  batches = _batches(_dataset(config, config.data.eval_split, config.seed, shuffle=False), ctx.batch_sh)
+  gen_vars = step_lib.model_variables(state)['generator']
+  values, images = {}, None
+  for _ in range(config.log.eval_batches):
+    metrics, columns = ctx.fns.evaluate(gen_vars, next(batches), ctx.fns.lpips_vars)
+    for k, v in jax.device_get(metrics).items():
+      values.setdefault(k, []).append(np.asarray(v))
+    images = images if images is not None else columns
+  summary = {f'eval/{k}': float(np.concatenate(v).mean()) for k, v in values.items()}
+  ctx.writer.write_scalars(step, summary)
+  ctx.writer.write_images(step, {'eval/samples': evaluation.image_grid(images, config.log.num_images)[None]})
+  logging.info('eval at step %d: %s', step, summary)
+  return summary
+
+
+class _Rate:
+  """Step time and images/s between two logged steps."""
+
+  def __init__(self, config, step: int):
+    self.images_per_step = config.batch_size * config.data.num_target_frames
+    self.time, self.step = time.time(), step
+
+  def since_last(self, step: int) -> Dict[str, float]:
+    elapsed, steps = time.time() - self.time, step - self.step
+    self.time, self.step = time.time(), step
+    return {'perf/step_time_s': elapsed / max(steps, 1),
+            'perf/images_per_s': self.images_per_step * steps / max(elapsed, 1e-9)}
+
+
+def _log_step(ctx: _Stage, step: int, num_steps: int, metrics, batch, state, rate: _Rate, bar) -> None:
+  """Scalars every `log.every_steps`, a training sample grid every `log.image_every_steps`."""
+  log = ctx.config.log
+  if _due(step, log.every_steps) or step == num_steps:
+    ctx.writer.write_scalars(step, {**{k: float(v) for k, v in metrics.items()}, **rate.since_last(step)})
+    bar.set_postfix({k.split('/')[-1]: f'{float(metrics[k]):.3g}' for k in _BAR_METRICS if k in metrics})
+  if _due(step, log.image_every_steps):
+    _, columns = ctx.fns.evaluate(step_lib.model_variables(state)['generator'], batch, ctx.fns.lpips_vars)
+    ctx.writer.write_images(step, {'train/samples': evaluation.image_grid(columns, log.num_images)[None]})
+
+
+def _eval_and_checkpoint(ctx: _Stage, state, step: int, num_steps: int, preempted: bool, summary):
+  """Standing statistics, evaluation and checkpoint when due; returns (state, whether a checkpoint was saved)."""
+  log = ctx.config.log
+  eval_now = _due(step, log.eval_every_steps) or step == num_steps
+  save_now = _due(step, log.checkpoint_every_steps) or step == num_steps or preempted
+  if eval_now or save_now:
+    state = _with_standing_stats(ctx, state, step)
+  if eval_now and not preempted:
+    summary['eval'] = _evaluate(ctx, state, step)
+  if save_now:
+    _check_finite({'params': np.asarray(ctx.fns.abs_sum(state['params']))}, step)
+    checkpoints.save(ctx.manager, step, state, {'step': step, 'stage': ctx.cfg.stage, 'seed': ctx.config.seed},
+                     force=True)
+  return state, save_now
+
+
+def _train(ctx: _Stage, state, start: int, num_steps: int, guard, summary):
+  """The step loop from `start` to `num_steps` (or preemption); returns (state, last step)."""
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=ctx.writer)
+  bar = tqdm.auto.tqdm(total=num_steps, initial=start, desc=f'{ctx.cfg.stage} stage', unit='step',
+                       disable=not ctx.config.log.progress_bar or jax.process_index() > 0)
+  train_iter, rate, step = _train_batches(ctx, start), _Rate(ctx.config, start), start
   try:
-    with metric_writers.ensure_flushes(writer):
+    with metric_writers.ensure_flushes(ctx.writer):
       while step < num_steps:
         batch = next(train_iter)
-        state, metrics = step_fn(state, batch, perceptual)
+        state, metrics = ctx.fns.train_step(state, batch, ctx.perceptual)
         step += 1
         metrics = jax.device_get(metrics)
         _check_finite(metrics, step)
         summary['metrics'][step] = {k: float(v) for k, v in metrics.items()}
         report(step)
         bar.update(1)
-        if _due(step, config.log.every_steps) or step == num_steps:
-          elapsed = time.time() - last_log
-          rate = {'perf/step_time_s': elapsed / max(step - last_log_step, 1),
-                  'perf/images_per_s': config.batch_size * config.data.num_target_frames *
-                                       (step - last_log_step) / max(elapsed, 1e-9)}
-          writer.write_scalars(step, {**{k: float(v) for k, v in metrics.items()}, **rate})
-          bar.set_postfix({k.split('/')[-1]: f'{float(metrics[k]):.3g}' for k in _BAR_METRICS if k in metrics})
-          last_log, last_log_step = time.time(), step
-        if _due(step, config.log.image_every_steps):
-          _, columns = eval_fn(step_lib.model_variables(state)['generator'], batch, lpips_vars)
-          writer.write_images(step, {'train/samples': evaluation.image_grid(columns, config.log.num_images)[None]})
-        preempted = guard.should_stop(manager, step)
-        eval_now = _due(step, config.log.eval_every_steps) or step == num_steps
-        save_now = _due(step, config.log.checkpoint_every_steps) or step == num_steps or preempted
-        if eval_now or save_now:
-          state = with_standing_stats(state, step)
-        if eval_now and not preempted:
-          summary['eval'] = run_eval(state, step)
-        if save_now:
-          _check_finite({'params': np.asarray(abs_sum(state['params']))}, step)
-          checkpoints.save(manager, step, state, {'step': step, 'stage': stage, 'seed': config.seed}, force=True)
-          # Re-seed the data at every checkpoint: a resumed run then sees the same batches.
-          train_iter = _batches(_dataset(config, config.data.train_split, _data_seed(config.seed, step)), batch_sh)
+        _log_step(ctx, step, num_steps, metrics, batch, state, rate, bar)
+        preempted = guard.should_stop(ctx.manager, step)
+        state, saved = _eval_and_checkpoint(ctx, state, step, num_steps, preempted, summary)
+        if saved:  # re-seed the data at every checkpoint: a resumed run then sees the same batches
+          train_iter = _train_batches(ctx, step)
         if preempted:
           logging.warning('preempted at step %d: checkpoint written, exiting', step)
           summary['preempted'] = True
           break
-      manager.wait_until_finished()
+      ctx.manager.wait_until_finished()
   finally:
     bar.close()
-    manager.close()
-  summary['end_step'] = step
-  if step >= num_steps:
-    _write_params(workdir, cfg, state, config, repl)
+  return state, step
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_steps: int,
+              guard: checkpoints.PreemptionGuard) -> Dict[str, Any]:
+  """Trains one stage to `num_steps` (resuming if WORKDIR holds checkpoints). Returns a summary."""
+  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+  ctx, state, source = _prepare(config, workdir, stage)
+  start = int(state['step'])
+  logging.info('%s; starting at step %d of %d', source, start, num_steps)
+  _log_start(ctx, state, start)
+  summary: Dict[str, Any] = {'stage': stage, 'start_step': start, 'source': source, 'metrics': {}}
+  try:
+    state, summary['end_step'] = _train(ctx, state, start, num_steps, guard, summary)
+  finally:
+    ctx.manager.close()
+  if summary['end_step'] >= num_steps:
+    _write_params(workdir, ctx.cfg, state, config, ctx.repl)
   return summary
