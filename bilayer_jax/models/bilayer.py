@@ -47,6 +47,19 @@ def _unframes(x: Array, b: int) -> Array:
   return x.reshape((b, -1) + x.shape[1:])
 
 
+class _Trained:
+  """Which networks are in train mode; outputs of the others pass no gradient (stop_gradient)."""
+
+  def __init__(self, names: Collection[str]):
+    self.names = frozenset(names)
+
+  def __call__(self, name: str) -> bool:
+    return name in self.names
+
+  def frozen(self, name: str, tree: Any) -> Any:
+    return tree if name in self.names else jax.tree_util.tree_map(jax.lax.stop_gradient, tree)
+
+
 class BilayerGenerator(nn.Module):
   """Generator side of the bi-layer model (everything but the discriminator)."""
   cfg: BilayerConfig
@@ -92,48 +105,56 @@ class BilayerGenerator(nn.Module):
       A dict with the original's data-dict keys (NHWC), plus the projector outputs `adaptive/prj_tex`,
       `adaptive/prj_inf` and the enhancer's per-step tensors `enh_steps`.
     """
-    cfg = self.cfg
-    is_train = lambda name: name in train
-    frozen = lambda name, x: x if is_train(name) else jax.tree_util.tree_map(jax.lax.stop_gradient, x)
+    trained = _Trained(train)
     b, t = batch['target_poses'].shape[:2]
-    out: Dict[str, Any] = {}
-
-    # Per-avatar part: identity embedding, texture, inference projector.
-    embeds = self.identity_embedder(batch['source_imgs'], batch['source_segs'], batch['source_stickmen'],
-                                    train=is_train('identity_embedder'))
-    embeds = frozen('identity_embedder', embeds)
-    texture, tex_adaptive = frozen('texture_generator',
-                                   self.texture_generator(embeds, train=is_train('texture_generator')))
-    out['source_idt_embeds'] = embeds
-    out['pred_tex_hf_rgbs'] = texture[:, None]
-    out['adaptive/prj_tex'] = tex_adaptive
-
-    # Pose embeddings (target first, then source: one power iteration each in train mode).
-    kp_train = is_train('keypoints_embedder')
-    out['target_pose_embeds'] = frozen('keypoints_embedder',
-                                       self.keypoints_embedder(batch['target_poses'], train=kp_train))
-    if cfg.pse_emb_source_pose or pred_source_data:
-      out['source_pose_embeds'] = frozen('keypoints_embedder',
-                                         self.keypoints_embedder(batch['source_poses'], train=kp_train))
-
-    # Per-frame part on the target poses (and the source poses if requested).
-    inf_train = is_train('inference_generator')
-    inf_adaptive = frozen('inference_generator', self.inference_generator.project(embeds, train=inf_train))
+    out = self._avatar(batch, trained)
+    self._pose_embeddings(batch, trained, pred_source_data, out)
+    inf_train = trained('inference_generator')
+    inf_adaptive = trained.frozen('inference_generator', self.inference_generator.project(
+        out['source_idt_embeds'], train=inf_train))
     out['adaptive/prj_inf'] = inf_adaptive
-    tgt = frozen('inference_generator', self._heads(out['target_pose_embeds'], inf_adaptive, inf_train))
+    tgt = trained.frozen('inference_generator', self._heads(out['target_pose_embeds'], inf_adaptive, inf_train))
     if pred_source_data:
-      src = frozen('inference_generator', self._heads(out['source_pose_embeds'], inf_adaptive, inf_train))
+      src = trained.frozen('inference_generator', self._heads(out['source_pose_embeds'], inf_adaptive, inf_train))
       out['pred_source_uvs'] = src['uvs']
       out['pred_source_delta_lf_rgbs'] = src['lf_rgbs']
-      if cfg.inf_pred_segmentation:
+      if self.cfg.inf_pred_segmentation:
         out['pred_source_segs'] = jax.nn.sigmoid(src['segs_logits'])
+    self._compose_targets(batch, out, tgt, b, t, inf_apply_masks)
+    if enhance:
+      out.update(self._enhance(batch, out, train=trained('texture_enhancer'), apply_masks=enh_apply_masks))
+      out = {k: trained.frozen('texture_enhancer', v) if k.startswith('pred_enh') or k == 'enh_steps' else v
+             for k, v in out.items()}
+    return out
 
-    texture_rep = jnp.repeat(texture, t, axis=0)
-    hf = _unframes(warp.grid_sample(texture_rep, _frames(tgt['uvs'])), b)
+  def _avatar(self, batch: Dict[str, Array], trained: '_Trained') -> Dict[str, Any]:
+    """Per-avatar part: identity embedding and texture (the inference projector follows in __call__)."""
+    embeds = self.identity_embedder(batch['source_imgs'], batch['source_segs'], batch['source_stickmen'],
+                                    train=trained('identity_embedder'))
+    embeds = trained.frozen('identity_embedder', embeds)
+    texture, tex_adaptive = trained.frozen('texture_generator',
+                                           self.texture_generator(embeds, train=trained('texture_generator')))
+    return {'source_idt_embeds': embeds, 'pred_tex_hf_rgbs': texture[:, None], 'adaptive/prj_tex': tex_adaptive}
+
+  def _pose_embeddings(self, batch: Dict[str, Array], trained: '_Trained', pred_source_data: bool,
+                       out: Dict[str, Any]) -> None:
+    """Target pose embeddings, then the source's (one power iteration each in train mode)."""
+    kp_train = trained('keypoints_embedder')
+    out['target_pose_embeds'] = trained.frozen('keypoints_embedder',
+                                               self.keypoints_embedder(batch['target_poses'], train=kp_train))
+    if self.cfg.pse_emb_source_pose or pred_source_data:
+      out['source_pose_embeds'] = trained.frozen('keypoints_embedder',
+                                                 self.keypoints_embedder(batch['source_poses'], train=kp_train))
+
+  def _compose_targets(self, batch: Dict[str, Array], out: Dict[str, Any], tgt: Dict[str, Array], b: int,
+                       t: int, inf_apply_masks: bool) -> None:
+    """Target images = LF + warped texture, masked with the detached predicted segmentation if asked."""
+    texture = out['pred_tex_hf_rgbs'][:, 0]
+    hf = _unframes(warp.grid_sample(jnp.repeat(texture, t, axis=0), _frames(tgt['uvs'])), b)
     lf = tgt['lf_rgbs']
     imgs, imgs_lf_detached = lf + hf, jax.lax.stop_gradient(lf) + hf
     target_imgs = batch.get('target_imgs')
-    if cfg.inf_pred_segmentation:
+    if self.cfg.inf_pred_segmentation:
       out['pred_target_segs_logits'] = tgt['segs_logits']
       out['pred_target_segs'] = jax.nn.sigmoid(tgt['segs_logits'])
       if inf_apply_masks:
@@ -146,12 +167,6 @@ class BilayerGenerator(nn.Module):
                pred_target_delta_uvs=tgt['delta_uvs'])
     if target_imgs is not None:
       out['target_imgs'] = target_imgs
-
-    if enhance:
-      out.update(self._enhance(batch, out, train=is_train('texture_enhancer'), apply_masks=enh_apply_masks))
-      out = {k: frozen('texture_enhancer', v) if k.startswith('pred_enh') or k == 'enh_steps' else v
-             for k, v in out.items()}
-    return out
 
   def _enhance(self, batch: Dict[str, Array], out: Dict[str, Any], train: bool,
                apply_masks: bool) -> Dict[str, Any]:

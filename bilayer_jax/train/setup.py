@@ -9,18 +9,12 @@ import ml_collections
 
 from bilayer_jax.models import vgg
 from bilayer_jax.models.config import BilayerConfig, NETWORK_NAMES
+from bilayer_jax.train import config_checks
 from bilayer_jax.train import step as step_lib
-
-STAGES = ('base', 'enhancer', 'both')
-
-
-def _names(text: str):
-  return tuple(s.strip() for s in str(text).split(',') if s.strip())
-
 
 def model_config(config: ml_collections.ConfigDict) -> BilayerConfig:
   fields = dict(config.model.to_dict())
-  fields['spn_networks'] = _names(fields['spn_networks'])
+  fields['spn_networks'] = config_checks.names(fields['spn_networks'])
   return BilayerConfig(**fields)
 
 
@@ -28,7 +22,7 @@ def step_config(config: ml_collections.ConfigDict, stage: str) -> step_lib.StepC
   """The static StepConfig of one stage ('base' or 'enhancer')."""
   if stage not in ('base', 'enhancer'):
     raise ValueError(f"stage {stage!r}: expected 'base' or 'enhancer'")
-  networks = _names(config.networks_to_train)
+  networks = config_checks.names(config.networks_to_train)
   if stage == 'enhancer' and config.stage == 'both':
     networks = ('texture_enhancer', 'discriminator')
   unknown = set(networks) - set(NETWORK_NAMES)
@@ -44,7 +38,7 @@ def step_config(config: ml_collections.ConfigDict, stage: str) -> step_lib.StepC
       fem_loss_weight=lc.fem_loss_weight,
       perceptual=(('vgg19_imagenet_pytorch', lc.per_vgg19_weight), ('vgg16_face_caffe', lc.per_vggface_weight),
                   ('vgg16_imagenet_lpips', lc.per_vgg16_lpips_weight)),
-      per_layer_weights=tuple(float(w) for w in _names(lc.per_layer_weights)),
+      per_layer_weights=tuple(float(w) for w in config_checks.names(lc.per_layer_weights)),
       pix_loss_type=lc.pix_loss_type, pix_loss_weight=lc.pix_loss_weight, seg_loss_weight=lc.seg_loss_weight,
       wpr_loss_weight=lc.wpr_loss_weight, wpr_loss_weight_decay=lc.wpr_loss_weight_decay,
       wpr_loss_decay_schedule=lc.wpr_loss_decay_schedule)
