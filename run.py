@@ -45,22 +45,10 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno >= logging_std.WARNING or not any(n in record.pathname for n in noisy)
 
 
-def _config():
-  """FLAGS.config; a config file that cannot be loaded is a user error naming it."""
-  try:
-    FLAGS.config.get('stage')  # a file that failed to load raises on first use
-    return FLAGS.config
-  except OSError as e:
-    path = config_flags.get_config_filename(FLAGS['config'])
-    cause = e.__cause__ or e
-    what = 'no such file' if not os.path.exists(path.split(':')[0]) else f'cannot be loaded ({cause})'
-    raise errors.UserError(f'--config={path}: {what}') from e
-
-
 def main(argv):
   del argv
   xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
-  config = _config()
+  config = cli.loaded_config()
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   from bilayer_jax import train  # pylint: disable=g-import-not-at-top
@@ -80,6 +68,8 @@ def main(argv):
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(), jax.devices())
   from bilayer_jax.train import config_checks  # pylint: disable=g-import-not-at-top
   config_checks.check(config)
+  from data_prep import demo  # pylint: disable=g-import-not-at-top
+  demo.prepare(config)
   if FLAGS.mode == 'eval':
     from bilayer_jax import evaluate  # pylint: disable=g-import-not-at-top
     results = evaluate.evaluate(config, FLAGS.workdir)

@@ -20,14 +20,14 @@ import time
 import av
 import numpy as np
 
+from bilayer_jax.face import crop
+from bilayer_jax.face import images
+from bilayer_jax.face import landmarks
+from bilayer_jax.face import segmentation
 from data_prep import build
 from data_prep import builder as builder_lib
-from data_prep import crop
-from data_prep import images
-from data_prep import landmarks
 from data_prep import process
 from data_prep import runner
-from data_prep import segmentation
 from data_prep import sources
 
 

@@ -15,19 +15,19 @@ import time
 import numpy as np
 
 from bilayer_jax import xla_cpu
+from bilayer_jax.data import samples
 from bilayer_jax.evaluators import metrics as metrics_lib
+from bilayer_jax.face import crop as crop_lib
+from bilayer_jax.face import images as images_lib
+from bilayer_jax.face import landmarks as landmarks_lib
 from bilayer_jax.inference import video
-from data_prep import crop as crop_lib
-from data_prep import images as images_lib
-from data_prep import landmarks as landmarks_lib
-from data_prep import sources
 
 
 def real_frames(count: int, size: int):
   """(count, size, size, 3) face crops in [-1, 1], their predictions-like copies and pixel keypoints."""
   backend = landmarks_lib.get_landmark_backend('dlib')
   crops, kps = [], []
-  for frame, lms in backend.detect_video(video.read_video(sources.carphone_path(), count)):
+  for frame, lms in backend.detect_video(video.read_video(samples.carphone_path(), count)):
     crop, lms_in_crop = crop_lib.crop_face(frame, lms, 256)
     crops.append(images_lib.resize_bicubic(crop, size))
     kps.append(lms_in_crop * size / 256)

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import skimage.data
 
-from data_prep import images
-from data_prep import landmarks
+from bilayer_jax.face import images
+from bilayer_jax.face import landmarks
 
 FACE_SIZES = (100, 50)  # px: the astronaut's face box width in each pasted copy
 ASTRONAUT_FACE_WIDTH = 87  # her dlib HOG box at the original 512x512

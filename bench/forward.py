@@ -27,6 +27,7 @@ import numpy as np
 
 from bilayer_jax import xla_cpu
 from bilayer_jax.convert import original
+from bilayer_jax.models import config as model_config
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig
 
@@ -101,7 +102,7 @@ def bench_original(repo, cfg, variables, batch):
   from runners import utils as rn_utils  # pylint: disable=g-import-not-at-top
   tmp = pathlib.Path(tempfile.mkdtemp())
   with_enhancer = 'texture_enhancer' in variables['generator']['params']
-  networks = original.BASE_NETWORKS + ('texture_enhancer',) * with_enhancer
+  networks = model_config.BASE_NETWORKS + ('texture_enhancer',) * with_enhancer
   original.export_run(tmp, 1, cfg, variables, networks, stage='enhancer' if with_enhancer else 'base')
   args = argparse.Namespace(**original.read_args(tmp / 'args.txt'))
   nets = {}
@@ -168,7 +169,7 @@ def main():
   # standing-statistics pass (BN in train mode, everything else frozen) so both implementations run on
   # realistic activation ranges (uncalibrated random nets produce denormals that slow PyTorch down a lot,
   # docs/benchmarks.md#other-measurements-behind-code-choices).
-  _, stats = jax.jit(lambda v, b: gen.apply(v, b, train=original.BASE_NETWORKS + ('texture_enhancer',),
+  _, stats = jax.jit(lambda v, b: gen.apply(v, b, train=model_config.BASE_NETWORKS + ('texture_enhancer',),
                                             pred_source_data=True, enhance=True, mutable=['batch_stats']))(
                                                 gen_vars, {**batch, 'target_imgs': batch['source_imgs']})
   variables = {'generator': {**gen_vars, **stats}}

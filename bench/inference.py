@@ -36,12 +36,12 @@ import numpy as np
 from bilayer_jax import export as export_cli
 from bilayer_jax import model_io
 from bilayer_jax import xla_cpu
-from bilayer_jax.convert import original
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import folding
 from bilayer_jax.inference import preprocess
 from bilayer_jax.inference import tflite_export
 from bilayer_jax.inference import video
+from bilayer_jax.models import config as model_config
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig
 import forward as forward_bench  # bench/forward.py (this script's folder is on sys.path)
@@ -69,7 +69,7 @@ def calibrated_variables(cfg):
   gen = BilayerGenerator(cfg)
   batch = forward_bench._inputs(cfg)  # pylint: disable=protected-access
   gen_vars = jax.jit(lambda: gen.init(jax.random.PRNGKey(0), {**batch}, pred_source_data=True, enhance=True))()
-  _, stats = jax.jit(lambda v, b: gen.apply(v, b, train=original.BASE_NETWORKS + ('texture_enhancer',),
+  _, stats = jax.jit(lambda v, b: gen.apply(v, b, train=model_config.BASE_NETWORKS + ('texture_enhancer',),
                                             pred_source_data=True, enhance=True, mutable=['batch_stats']))(
                                                 gen_vars, {**batch, 'target_imgs': batch['source_imgs']})
   return {**gen_vars, **stats}, batch

@@ -75,6 +75,7 @@ def _measure(name: str, steps: int) -> dict:
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.convert import perceptual as perceptual_io  # pylint: disable=g-import-not-at-top
   from bilayer_jax.models import vgg  # pylint: disable=g-import-not-at-top
   from bilayer_jax.train import setup, sharding  # pylint: disable=g-import-not-at-top
   from bilayer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
@@ -95,7 +96,7 @@ def _measure(name: str, steps: int) -> dict:
   perceptual = {}
   for net, weight in cfg.losses.perceptual:
     if weight and net == 'vgg16_imagenet_lpips':
-      perceptual[net] = vgg.load_lpips_vgg16_params()
+      perceptual[net] = perceptual_io.load_lpips_vgg16_params()
     elif weight:  # the real architecture with random weights (the weight files are not downloadable here)
       module = vgg.VGGFeatures(vgg.PERCEPTUAL_NETS[net])
       perceptual[net] = jax.jit(module.init)(jax.random.PRNGKey(0), np.zeros((1, s, s, 3), np.float32))

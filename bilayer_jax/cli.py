@@ -17,6 +17,7 @@ from typing import Callable
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 from bilayer_jax import errors
 
@@ -64,6 +65,20 @@ def parse_flags(argv):
     message = f'a --config.<field> override names no such field: {_one_line(e)}'
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(errors.EXIT_USER_ERROR)
+
+
+def loaded_config(flag_name: str = 'config'):
+  """The ml_collections config of a `config_flags.DEFINE_config_file` flag; a config file that cannot be
+  loaded is a one-line user error naming it."""
+  try:
+    config = flags.FLAGS[flag_name].value
+    config.get('stage')  # a file that failed to load raises on first use
+    return config
+  except OSError as e:
+    path = config_flags.get_config_filename(flags.FLAGS[flag_name])
+    cause = e.__cause__ or e
+    what = 'no such file' if not os.path.exists(path.split(':')[0]) else f'cannot be loaded ({cause})'
+    raise errors.UserError(f'--{flag_name}={path}: {what}') from e
 
 
 def run(main: Callable) -> None:

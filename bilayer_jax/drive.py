@@ -5,7 +5,7 @@ r"""Drive a photo with a video: the one-shot avatar of --source, animated by the
         [--face_index N | --face_box x0,y0,x1,y1] [--detector hog|cnn] [--max_faceless_fraction 0.5]
 
 --params is a bilayer_jax params directory: WORKDIR/<stage>/params of a training run, or official weights
-imported with `python -m bilayer_jax.tools.import_torch`. The inputs are checked first (the photo, the
+imported with `python -m bilayer_jax.import_original`. The inputs are checked first (the photo, the
 background, the driver's first frame), so a wrong path fails before the model is loaded. The photo's
 largest face is animated; --face_index (0 = largest) or --face_box (the detected face overlapping that
 box in photo pixels the most) choose another, and the faces found are printed when there are several.
@@ -23,11 +23,11 @@ import tqdm.auto
 
 from bilayer_jax import cli
 from bilayer_jax import xla_cpu
+from bilayer_jax.face import images
+from bilayer_jax.face import landmarks as landmarks_lib
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import preprocess
 from bilayer_jax.inference import video
-from data_prep import images
-from data_prep import landmarks as landmarks_lib
 
 FLAGS = flags.FLAGS
 

@@ -1,12 +1,17 @@
-"""`python run.py --config ... --workdir DIR --mode=eval`: evaluate a checkpoint or imported weights.
+r"""Evaluate a checkpoint or imported weights with the evaluation protocol (`config.eval`).
+
+    python -m bilayer_jax.evaluate --config configs/demo.py --workdir runs/demo [--config.eval.params=DIR]
+
+(the same as `python run.py --config ... --workdir DIR --mode=eval`, which also runs it on several hosts).
 
 The glue between a training config and the evaluation library (`bilayer_jax.evaluators`): it sits with
 the entry points because it reads the trainer's checkpoints, so the library needs nothing from `train/`.
 
 What is evaluated (first match):
-  1. `eval.params`: a bilayer_jax params directory (a run's params/, `tools.import_torch` output), or one of the
-     ORIGINAL's run directories (args.txt + checkpoints/<epoch>_<net>.pth; set `eval.original_epoch`, and
-     optionally `eval.original_enh_run_dir`/`eval.original_enh_epoch` for its texture enhancer);
+  1. `eval.params`: a bilayer_jax params directory (a run's params/, what `python -m
+     bilayer_jax.import_original` writes), or one of the ORIGINAL's run directories (args.txt +
+     checkpoints/<epoch>_<net>.pth; set `eval.original_epoch`, and optionally
+     `eval.original_enh_run_dir`/`eval.original_enh_epoch` for its texture enhancer);
   2. WORKDIR's latest orbax checkpoint or WORKDIR/params, whichever is newer (stage 'both': WORKDIR/enhancer
      before WORKDIR/base).
 Writes WORKDIR/eval/<name>/results.json, results.md and examples.png (source | target | prediction rows),
@@ -18,20 +23,25 @@ import os
 import pathlib
 from typing import Any, Dict, Optional, Tuple
 
+from absl import flags
 from absl import logging
 import jax
 import numpy as np
+from ml_collections import config_flags
 import orbax.checkpoint as ocp
 from PIL import Image
 
+from bilayer_jax import cli
+from bilayer_jax import config as config_lib
 from bilayer_jax import errors
 from bilayer_jax import model_io
-from bilayer_jax.data import demo
+from bilayer_jax import xla_cpu
 from bilayer_jax.evaluators import metrics as metrics_lib
 from bilayer_jax.evaluators import protocol
 from bilayer_jax.evaluators import report
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.train import checkpoints
+from bilayer_jax.train import config_checks
 from bilayer_jax.train import setup
 from bilayer_jax.train import step as step_lib
 
@@ -114,15 +124,17 @@ def _atomic_write(path: pathlib.Path, write) -> None:
 
 
 def evaluate(config, workdir: str, progress: bool = True) -> Dict[str, Any]:
-  """Runs the protocol on config.data.eval_split and writes the report; returns the results."""
+  """Runs the protocol on config.data.eval_split and writes the report; returns the results.
+
+  `config`: a RunConfig or the ConfigDict of a config file (converted here, once).
+  """
+  config = config_lib.from_config_dict(config)
+  config_checks.check_demo_prepared(config)
   names = metrics_lib.parse_metrics(config.eval.metrics)
   settings = settings_from(config)
   evaluator = metrics_lib.FrameEvaluator(names, arcface_weights=config.eval.arcface_weights)
   animator, description = load_animator(config, workdir)
-  data_dir = config.data.data_dir or None
-  if config.data.demo:
-    data_dir = demo.ensure_demo_dataset(data_dir)
-  data_dir = os.path.expanduser(data_dir or os.path.join('~', 'tensorflow_datasets'))
+  data_dir = os.path.expanduser(config.data.data_dir or os.path.join('~', 'tensorflow_datasets'))
   logging.info('evaluating %s on %s/%s', description, config.data.name, config.data.eval_split)
   results = protocol.evaluate(animator, evaluator, data_dir, config.data.eval_split, config.data.name,
                               settings, progress=progress)
@@ -142,3 +154,29 @@ def evaluate(config, workdir: str, progress: bool = True) -> Dict[str, Any]:
     logging.info('wrote %s', out_dir)
   results['output_dir'] = str(out_dir)
   return results
+
+
+def _define_flags():
+  """Defines the command-line flags (only when run as a program, so importing the module is side-effect free)."""
+  config_flags.DEFINE_config_file('config', None, 'Training configuration file of the run to evaluate.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'The run directory (its checkpoints or params are evaluated unless '
+                      'config.eval.params names others); the report goes to WORKDIR/eval/<name>/.')
+
+
+def main(argv):
+  del argv
+  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
+  config = cli.loaded_config()
+  config_checks.check(config)
+  from data_prep import demo  # pylint: disable=g-import-not-at-top  (entry point: builds the demo dataset)
+  demo.prepare(config)
+  results = evaluate(config, flags.FLAGS.workdir)
+  print(f'self-reenactment: {results["self_reenactment"]["summary"]}')
+  print(f'wrote {results["output_dir"]}')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  flags.mark_flags_as_required(['config', 'workdir'])
+  cli.run(main)

@@ -3,7 +3,8 @@ r"""Export an avatar's per-frame network to TFLite or PyTorch, or params to the 
     python -m bilayer_jax.export --params DIR --source photo.jpg --format tflite [--quantize fp16|dynamic|int8] \
         --out avatar.tflite [--with_init] [--driver video.mp4]
     python -m bilayer_jax.export --params DIR --source photo.jpg --format torch --out avatar.pt
-    python -m bilayer_jax.export --params DIR --format original --out runs/exported [--epoch 1]
+    python -m bilayer_jax.export --params DIR --format original --out runs/exported_main [--epoch 2225] \
+        [--enh_out runs/exported_enhancer --enh_epoch 1225]
 
 The photo's largest face is exported unless --face_index (0 = largest) or --face_box x0,y0,x1,y1 choose
 another (as in `bilayer_jax.drive`, with the same --detector and --landmarks). --driver is checked (opened,
@@ -18,7 +19,10 @@ tflite: the folded per-frame network of the photo's avatar (136 keypoints -> ima
   dynamic models are first equalised on them (same function in float, less quantisation error), at the
   strength whose model renders them closest to float (recorded in the .json contract).
 torch: a TorchScript file of `torch_frame_net.FrameNet` (load with torch.jit.load, no bilayer_jax needed).
-original: args.txt + checkpoints/<epoch>_<net>.pth (the original's code loads it); no photo needed.
+original: args.txt + checkpoints/<epoch>_<net>.pth (spectral-norm form) for the base networks and the
+  discriminator if present, and with --enh_out the enhancer run (texture_enhancer + discriminator), so the
+  original's infer.py/train.py load them; no photo needed. Parameters imported from the original come back
+  bit-exact with its args.txt; others get the paper script's arguments with their own architecture values.
 Every export is checked against the JAX model on driver poses; the script prints max |error| and PSNR.
 User errors print one line `error: ...` and exit 2.
 """
@@ -32,8 +36,8 @@ import numpy as np
 from bilayer_jax import cli
 from bilayer_jax import errors
 from bilayer_jax import xla_cpu
+from bilayer_jax.face import landmarks as landmarks_lib
 from bilayer_jax.inference import preprocess  # light (no JAX): its defaults name the flags' defaults
-from data_prep import landmarks as landmarks_lib
 
 FLAGS = flags.FLAGS
 FORMATS = ('tflite', 'torch', 'original')
@@ -62,6 +66,8 @@ def _define_flags():
   flags.DEFINE_float('max_faceless_fraction', preprocess.DEFAULT_MAX_FACELESS_FRACTION, 'Reject a --driver '
                      'when more than this fraction of its frames has no face (one with none always fails).')
   flags.DEFINE_string('epoch', '1', 'original: epoch in the checkpoint names.')
+  flags.DEFINE_string('enh_out', None, 'original: also write the enhancer run (texture_enhancer) here.')
+  flags.DEFINE_string('enh_epoch', '1', 'original: epoch in the enhancer checkpoint names.')
   flags.DEFINE_integer('batch', 1, 'tflite: frames per call.')
 
 
@@ -79,8 +85,8 @@ def driver_poses(anim, driver=None, max_frames: int = 120,
     preprocess.DriverFaceError: no frame, or more than `max_faceless_fraction` of them, has a face.
   """
   from bilayer_jax.inference import video  # pylint: disable=g-import-not-at-top
-  from data_prep import sources  # pylint: disable=g-import-not-at-top
-  path = driver or sources.carphone_path()
+  from bilayer_jax.data import samples  # pylint: disable=g-import-not-at-top
+  path = driver or samples.carphone_path()
   coverage = preprocess.FaceCoverage(driver or 'the demo clip', max_faceless_fraction,
                                      preprocess.open_driver(path, max_frames)[1], anim.preprocessor.landmarks.name)
   frames = video.read_video(path, max_frames)
@@ -140,9 +146,32 @@ def compare(images: np.ndarray, reference: np.ndarray) -> dict:
   return {'max_abs_error': float(np.abs(images - reference).max()), 'psnr_db': psnr(images, reference)}
 
 
+def export_original(params_dir: str, out_dir: str, epoch: str, enh_out_dir: str = None, enh_epoch: str = '1'):
+  """Writes the original's run layout for a params directory: the base run into `out_dir` (base networks, and
+  the discriminator if present) and, with `enh_out_dir`, the enhancer run (see module docstring)."""
+  from bilayer_jax import model_io  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.convert import original  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.models import config as model_config  # pylint: disable=g-import-not-at-top
+  cfg, variables, info = model_io.load_params(params_dir)
+  networks = model_io.networks_in(variables)
+  metadata = info.get('metadata', {})
+  base_nets = [n for n in model_config.BASE_NETWORKS if n in networks]
+  missing = sorted(set(model_config.BASE_NETWORKS) - set(base_nets))
+  if missing:
+    raise original.RunDirError(f'{params_dir}: cannot write a base run without {missing}')
+  disc = ['discriminator'] if 'discriminator' in networks else []
+  original.export_run(out_dir, epoch, cfg, variables, base_nets + disc,
+                      args=metadata.get('base_args') or None, stage='base')
+  if enh_out_dir:
+    if 'texture_enhancer' not in networks:
+      raise original.RunDirError(f'{params_dir} has no texture_enhancer to write an enhancer run')
+    original.export_run(enh_out_dir, enh_epoch, cfg, variables, ['texture_enhancer'] + disc,
+                        args=metadata.get('enh_args') or None, stage='enhancer')
+
+
 def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none', with_init: bool = False,
            enhance=None, driver=None, landmarks: str = 'auto', epoch: str = '1', batch: int = 1, *,
-           detector: str = 'hog', face_index=None, face_box=None,
+           enh_out=None, enh_epoch: str = '1', detector: str = 'hog', face_index=None, face_box=None,
            max_faceless_fraction: float = preprocess.DEFAULT_MAX_FACELESS_FRACTION) -> dict:
   """Runs one export (see module docstring); returns {'files': [...], 'checks': {...}}."""
   if fmt not in FORMATS:
@@ -154,9 +183,8 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
   if fmt == 'original':
     if source:
       raise UsageError('--format original writes the parameters; it takes no --source')
-    from bilayer_jax.tools import export_torch  # pylint: disable=g-import-not-at-top
-    export_torch.export_params(params, out, epoch)
-    return {'files': [out], 'checks': {}}
+    export_original(params, out, epoch, enh_out, enh_epoch)
+    return {'files': [out] + ([enh_out] if enh_out else []), 'checks': {}}
   if not source:
     raise UsageError(f'--format {fmt} exports one avatar: --source photo is required')
 
@@ -196,7 +224,8 @@ def main(argv):
   del argv
   xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
   result = export(FLAGS.params, FLAGS.format, FLAGS.out, FLAGS.source, FLAGS.quantize, FLAGS.with_init,
-                  FLAGS.enhance, FLAGS.driver, FLAGS.landmarks, FLAGS.epoch, FLAGS.batch, detector=FLAGS.detector,
+                  FLAGS.enhance, FLAGS.driver, FLAGS.landmarks, FLAGS.epoch, FLAGS.batch, enh_out=FLAGS.enh_out,
+                  enh_epoch=FLAGS.enh_epoch, detector=FLAGS.detector,
                   face_index=FLAGS.face_index, face_box=FLAGS.face_box,
                   max_faceless_fraction=FLAGS.max_faceless_fraction)
   for f in result['files']:

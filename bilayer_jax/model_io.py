@@ -3,7 +3,7 @@
 Layout of DIR:
   DIR/variables/    orbax checkpoint of {'generator': ..., 'discriminator': ...} variables
   DIR/config.json   {'format': ..., 'bilayer_config': {...}, 'networks': [...], 'metadata': {...}}
-This is what `bilayer_jax.tools.import_torch` writes and what training (`init_from`) and inference load.
+This is what `bilayer_jax.import_original` writes and what training (`init_from`) and inference load.
 """
 
 import dataclasses

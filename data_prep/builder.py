@@ -21,6 +21,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
+from bilayer_jax.data import samples
 from data_prep import original
 from data_prep import process
 from data_prep import runner
@@ -78,7 +79,7 @@ def package_versions() -> dict[str, str]:
 
 def demo_jobs() -> list[sources.Job]:
   """The carphone clip split into a 'train' and a held-out 'test' video."""
-  clip = sources.carphone_path()
+  clip = samples.carphone_path()
   return [
       sources.Job('carphone', 'frames_000_095', 'train',
                   (sources.Sequence(clip, 'carphone', 0, 96),)),

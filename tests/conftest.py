@@ -83,7 +83,7 @@ def photo_file(tmp_path_factory) -> str:
 @pytest.fixture(scope='session')
 def demo_data_dir(tmp_path_factory) -> str:
   """The demo dataset (built once per test process)."""
-  from bilayer_jax.data import demo  # pylint: disable=g-import-not-at-top
+  from data_prep import demo  # pylint: disable=g-import-not-at-top
   return demo.ensure_demo_dataset(str(tmp_path_factory.mktemp('demo_data')))
 
 

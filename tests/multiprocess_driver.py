@@ -30,7 +30,7 @@ def main(port, num_processes, process_id, data_dir, workdir, out_path):
   config = train_utils.tiny_config(data_dir, num_steps=4, batch_size=2 * jax.device_count())
   summary = loop.train_and_evaluate(config, workdir)
   from bilayer_jax import evaluate as runner  # pylint: disable=g-import-not-at-top
-  config.eval.metrics, config.eval.max_targets = 'l1,psnr,ssim', 4
+  config.eval.metrics, config.eval.max_targets = ('l1', 'psnr', 'ssim'), 4
   protocol_results = runner.evaluate(config, workdir, progress=False)
   fallback_step, listing = _restore_after_corruption(config, workdir)
   result = {'process_index': jax.process_index(), 'process_count': jax.process_count(),

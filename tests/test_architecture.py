@@ -1,10 +1,9 @@
-"""Imports point one way: models -> convert/data -> train, inference, evaluators -> entry points.
+"""Imports point one way: models -> convert/face/data -> train, inference, evaluators -> entry points.
 
 Every module of the repository is parsed (imports inside functions count too) and placed in a layer; a
 module may import its own layer or lower ones, and the three libraries of the middle layer may not import
-each other in a circle. `KNOWN_EXCEPTIONS` lists the imports that still go the wrong way, each to be
-removed by the step of the architecture work that fixes it; an import against the direction that is not
-listed fails, and so does a listed one that has gone (so the list only shrinks).
+each other in a circle. The package (`bilayer_jax`) does not depend on the dataset tool (`data_prep`),
+except where a notebook builds the demo dataset.
 """
 
 import ast
@@ -14,32 +13,22 @@ import pathlib
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Longest prefix wins. 0: leaf helpers; 1: networks and their math; 2: what builds on the networks (weights
-# I/O, data); 3: the libraries (training, inference, evaluation); 4: entry points and tools.
+# I/O, face processing, data); 3: the libraries (training, inference, evaluation); 4: entry points and tools.
 LAYERS = {
     'bilayer_jax': 0, 'bilayer_jax.errors': 0, 'bilayer_jax.xla_cpu': 0, 'bilayer_jax.cli': 0,
     'bilayer_jax.models': 1, 'bilayer_jax.losses': 1,
-    'bilayer_jax.model_io': 2, 'bilayer_jax.convert': 2, 'bilayer_jax.data': 2,
+    'bilayer_jax.config': 2, 'bilayer_jax.model_io': 2, 'bilayer_jax.convert': 2, 'bilayer_jax.data': 2,
+    'bilayer_jax.face': 2,
     'bilayer_jax.train': 3, 'bilayer_jax.inference': 3, 'bilayer_jax.evaluators': 3,
-    'bilayer_jax.evaluate': 4, 'bilayer_jax.drive': 4, 'bilayer_jax.export': 4, 'bilayer_jax.tools': 4,
+    'bilayer_jax.evaluate': 4, 'bilayer_jax.drive': 4, 'bilayer_jax.export': 4,
+    'bilayer_jax.import_original': 4, 'bilayer_jax.parity': 4,
     'bilayer_jax.colab': 4, 'data_prep': 4, 'configs': 4, 'run': 4, 'bench': 4,
 }
 LIBRARIES = ('bilayer_jax.train', 'bilayer_jax.inference', 'bilayer_jax.evaluators')
-# (importing module, imported module): the face code still lives in data_prep (the face-library step moves
-# it into the library), the trainer builds the demo dataset on first use through data_prep, and the VGG
-# loader uses model_io's checked_array.
-KNOWN_EXCEPTIONS = {
-    ('bilayer_jax.data.demo', 'data_prep.build'),
-    ('bilayer_jax.data.demo', 'data_prep.builder'),
-    ('bilayer_jax.data.demo', 'data_prep.fetch_models'),
-    ('bilayer_jax.evaluators.identity', 'data_prep.landmarks'),
-    ('bilayer_jax.evaluators.keypoint_error', 'data_prep.images'),
-    ('bilayer_jax.evaluators.keypoint_error', 'data_prep.landmarks'),
-    ('bilayer_jax.inference.preprocess', 'data_prep.crop'),
-    ('bilayer_jax.inference.preprocess', 'data_prep.images'),
-    ('bilayer_jax.inference.preprocess', 'data_prep.landmarks'),
-    ('bilayer_jax.inference.preprocess', 'data_prep.segmentation'),
-    ('bilayer_jax.models.vgg', 'bilayer_jax.model_io'),
-}
+# Within bilayer_jax, only entry points use the dataset tool, to build the demo dataset on demand as run.py
+# does (data_prep.demo.prepare): the evaluation command and the notebook workflows.
+DATA_PREP_USERS_IN_THE_PACKAGE = {('bilayer_jax.colab.workflows', 'data_prep.demo'),
+                                  ('bilayer_jax.evaluate', 'data_prep.demo')}
 OWN_PACKAGES = ('bilayer_jax', 'data_prep', 'configs')
 
 
@@ -78,8 +67,7 @@ def _edges():
 
 def test_imports_point_down_the_layers():
   against = {(a, b) for a, b in _edges() if _layer(b) > _layer(a)}
-  assert against - KNOWN_EXCEPTIONS == set(), 'imports against the direction'
-  assert KNOWN_EXCEPTIONS - against == set(), 'fixed: remove these from KNOWN_EXCEPTIONS'
+  assert against == set(), 'imports against the direction'
 
 
 def test_the_libraries_do_not_import_each_other_in_a_circle():
@@ -88,3 +76,8 @@ def test_the_libraries_do_not_import_each_other_in_a_circle():
   links = {(a, b) for a, b in links if a and b and a != b}
   for a, b in itertools.permutations(LIBRARIES, 2):
     assert not {(a, b), (b, a)} <= links, f'{a} and {b} import each other'
+
+
+def test_the_package_does_not_depend_on_the_dataset_tool():
+  uses = {(a, b) for a, b in _edges() if a.startswith('bilayer_jax') and b.startswith('data_prep')}
+  assert uses == DATA_PREP_USERS_IN_THE_PACKAGE

@@ -35,9 +35,10 @@ def test_a_bug_keeps_its_traceback_and_the_switch_shows_user_errors_in_full(monk
 
 
 @pytest.mark.parametrize('module,args,expected', [
-    ('bilayer_jax.tools.import_torch', ['--run_dir=/nonexistent', '--epoch=1', '--out=OUT'], '/nonexistent'),
-    ('bilayer_jax.tools.export_torch', ['--params=/nonexistent', '--out_dir=OUT'], '/nonexistent'),
-    ('bilayer_jax.tools.parity', ['--bogus=1'], "Unknown command line flag 'bogus'"),
+    ('bilayer_jax.import_original', ['--run_dir=/nonexistent', '--epoch=1', '--out=OUT'], '/nonexistent'),
+    ('bilayer_jax.export', ['--params=/nonexistent', '--format=original', '--out=OUT'], '/nonexistent'),
+    ('bilayer_jax.parity', ['--bogus=1'], "Unknown command line flag 'bogus'"),
+    ('bilayer_jax.evaluate', ['--config=/nonexistent/config.py', '--workdir=OUT'], '/nonexistent/config.py'),
 ])
 def test_tools_print_one_line_and_write_nothing(module, args, expected, tmp_path):
   args = [a.replace('OUT', str(tmp_path / 'out')) for a in args]

@@ -10,7 +10,7 @@ import papermill
 import pytest
 
 from bilayer_jax.colab import install
-from bilayer_jax.data import demo
+from data_prep import demo
 
 import train_utils
 

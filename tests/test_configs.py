@@ -1,5 +1,7 @@
-"""Training configs: the paper values, overrides from the command line, typos fail, bfloat16 trains."""
+"""Training configs: the paper values, one typed conversion, overrides from the command line, typos fail,
+bfloat16 trains."""
 
+import dataclasses
 import functools
 
 from absl import flags
@@ -9,6 +11,8 @@ import numpy as np
 import pytest
 from ml_collections import config_flags
 
+from bilayer_jax import config as config_lib
+from bilayer_jax.models.config import BASE_NETWORKS
 from bilayer_jax.train import setup
 from bilayer_jax.train import step as step_lib
 
@@ -21,7 +25,7 @@ def test_paper_configs_hold_the_spec_values():
   cfg = setup.step_config(base, 'base')
   assert (base.model.image_size, base.batch_size, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps) == (
       256, 40, 0.5, 0.999, 1e-7)
-  assert dict(cfg.lrs) == {n: 2e-4 for n in step_lib.BASE_NETWORKS + ('discriminator',)}
+  assert dict(cfg.lrs) == {n: 2e-4 for n in BASE_NETWORKS + ('discriminator',)}
   losses = cfg.losses
   assert (losses.adv_loss_weight, losses.fem_loss_weight, losses.pix_loss_weight, losses.seg_loss_weight,
           losses.wpr_loss_weight) == (0.5, 10.0, 10.0, 10.0, 0.0)
@@ -35,7 +39,7 @@ def test_paper_configs_hold_the_spec_values():
 
 def test_bad_config_values_fail_with_a_clear_message():
   config = demo.get_config('base')
-  config.networks_to_train = 'identity_embedder,discriminatr'
+  config.networks_to_train = ('identity_embedder', 'discriminatr')
   with pytest.raises(ValueError, match='discriminatr'):
     setup.step_config(config, 'base')
   config = demo.get_config('base')
@@ -60,6 +64,40 @@ def test_command_line_overrides_and_typos():
     _parse('--config.num_stepz=7')
   with pytest.raises(Exception, match='num_steps'):
     _parse('--config.num_steps=many')
+
+
+def test_the_config_files_start_from_the_typed_defaults():
+  assert config_lib.from_config_dict(paper_base.get_config()) == config_lib.RunConfig()
+  enhancer = config_lib.from_config_dict(paper_enhancer.get_config())
+  assert (enhancer.stage, enhancer.networks_to_train, enhancer.standing_stats.enabled) == (
+      'enhancer', ('texture_enhancer', 'discriminator'), False)
+  typed = config_lib.from_config_dict(demo.get_config())
+  assert config_lib.from_config_dict(typed) is typed
+  assert isinstance(typed.eval.metrics, tuple) and isinstance(typed.loss.per_layer_weights[0], float)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    typed.batch_size = 3  # pytype: disable=attribute-error
+
+
+def test_list_fields_from_the_command_line_are_tuples():
+  config = _parse('--config.networks_to_train=identity_embedder,discriminator',
+                  "--config.eval.metrics=('psnr', 'ssim')", '--config.loss.per_layer_weights=(1, 1, 1, 1, 2)')
+  typed = config_lib.from_config_dict(config)
+  assert typed.networks_to_train == ('identity_embedder', 'discriminator')  # arrives as ('a,b',)
+  assert typed.eval.metrics == ('psnr', 'ssim')
+  assert typed.loss.per_layer_weights == (1.0, 1.0, 1.0, 1.0, 2.0)
+
+
+def test_the_conversion_names_every_unknown_or_mistyped_field():
+  fields = config_lib.as_dict(config_lib.RunConfig())
+  fields['log']['every_stepz'] = 3
+  fields['batch_size'] = 'forty'
+  fields['model']['image_size'] = 64.5
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.from_config_dict(fields)
+  message = str(error.value)
+  for part in ('config.log.every_stepz: no such field', "config.batch_size='forty': expected int",
+               'config.model.image_size=64.5: expected int'):
+    assert part in message, message
 
 
 def test_bfloat16_compute_trains_with_finite_losses():

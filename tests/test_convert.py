@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from bilayer_jax import export as export_cli
 from bilayer_jax import model_io
 from bilayer_jax.convert import original
 from bilayer_jax.convert import torch_names
 from bilayer_jax.models.config import NETWORK_NAMES
-from bilayer_jax.tools import export_torch
 
 KEYS_FILE = pathlib.Path(__file__).parent / 'fixtures' / 'bilayer_state_dict_keys.txt'
 
@@ -27,7 +27,7 @@ def _load(path):
 def test_import_export_is_bit_exact_with_original_key_order(small_run, fixtures_dir, tmp_path):
   cfg, variables, meta = small_run
   params_dir = model_io.save_params(tmp_path / 'params', cfg, variables, meta)
-  export_torch.export_params(str(params_dir), str(tmp_path / 'base'), '7', str(tmp_path / 'enh'), '9')
+  export_cli.export_original(str(params_dir), str(tmp_path / 'base'), '7', str(tmp_path / 'enh'), '9')
   for net in NETWORK_NAMES:
     run = tmp_path / ('enh' if net == 'texture_enhancer' else 'base')
     epoch = '9' if net == 'texture_enhancer' else '7'
@@ -169,7 +169,7 @@ def test_harmonics_setting_is_read_from_the_checkpoint(fixtures_dir, tmp_path):
 
 def test_import_cli_writes_a_loadable_params_dir(fixtures_dir, enh_run_dir, tmp_path):
   out = tmp_path / 'official'
-  result = subprocess.run([sys.executable, '-m', 'bilayer_jax.tools.import_torch', f'--run_dir={fixtures_dir}',
+  result = subprocess.run([sys.executable, '-m', 'bilayer_jax.import_original', f'--run_dir={fixtures_dir}',
                            '--epoch=1', f'--enh_run_dir={enh_run_dir}', '--enh_epoch=1', f'--out={out}'],
                           capture_output=True, text=True, check=True)
   assert 'texture_enhancer' in result.stdout

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from data_prep import crop
+from bilayer_jax.face import crop
+from bilayer_jax.face import landmarks
+from bilayer_jax.face import model_files
+from bilayer_jax.face import segmentation
 from data_prep import fetch_models
-from data_prep import landmarks
-from data_prep import segmentation
 
 
 @pytest.fixture(scope='module')
@@ -173,12 +174,12 @@ def test_mediapipe_selfie_segments_the_person(face_crop):
   assert mask[110:170, 100:160].mean() > 0.9  # the face
   small = seg.segment(face_crop[::4, ::4])  # any size: resized in and out
   assert small.shape == (64, 64)
-  assert seg.info()['sha256'] == fetch_models.MODELS[
+  assert seg.info()['sha256'] == model_files.MODELS[
       'selfie_segmentation'].sha256
 
 
 def test_erosion_and_user_tflite(face_crop):
-  path = str(fetch_models.model_path('selfie_segmentation'))
+  path = str(model_files.model_path('selfie_segmentation'))
   plain = segmentation.get_segmentation_backend(f'tflite:{path}')
   eroded = segmentation.get_segmentation_backend(f'tflite:{path}', erode=5)
   a, b = plain.segment(face_crop), eroded.segment(face_crop)
@@ -207,18 +208,18 @@ def test_python_hook_and_registration(face_crop):
 
 
 def test_missing_model_names_the_fetch_command(tmp_path):
-  with pytest.raises(fetch_models.ModelNotFoundError,
+  with pytest.raises(model_files.ModelNotFoundError,
                      match='python -m data_prep.fetch_models'):
     segmentation.MediapipeSelfieSegmentation(model_dir=str(tmp_path))
   (tmp_path / 'selfie_segmentation.tflite').write_bytes(b'corrupt')
-  with pytest.raises(fetch_models.ModelNotFoundError, match='checksum'):
-    fetch_models.model_path('selfie_segmentation', tmp_path)
+  with pytest.raises(model_files.ModelNotFoundError, match='checksum'):
+    model_files.model_path('selfie_segmentation', tmp_path)
 
 
 def test_fetch_from_a_local_wheel(tmp_path):
   """The offline path of fetch_models: extract and verify from a wheel."""
-  spec = fetch_models.MODELS['selfie_segmentation']
-  model = fetch_models.model_path('selfie_segmentation').read_bytes()
+  spec = model_files.MODELS['selfie_segmentation']
+  model = model_files.model_path('selfie_segmentation').read_bytes()
   wheel = tmp_path / 'mediapipe-0.10.21-py3-none-any.whl'
   with zipfile.ZipFile(wheel, 'w') as zf:
     zf.writestr(spec.member, model)

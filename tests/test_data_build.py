@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from bilayer_jax import errors
-from bilayer_jax.data import demo
 from bilayer_jax.data import input_pipeline
+from bilayer_jax.data import samples
 from data_prep import build
 from data_prep import builder as builder_lib
+from data_prep import demo
 from data_prep import process
 from data_prep import runner
 from data_prep import sources
@@ -71,7 +72,7 @@ def test_demo_dataset_end_to_end(tmp_path):
 def video_tree(tmp_path_factory):
   """Two people, one short real clip each; one unusable clip; one text file."""
   root = tmp_path_factory.mktemp('in')
-  with av.open(sources.carphone_path()) as c:
+  with av.open(samples.carphone_path()) as c:
     frames = [f.to_ndarray(format='rgb24') for f in c.decode(video=0)]
   for person, start in (('anna', 0), ('ben', 50)):
     media_utils.write_clip(root / person / 'talk' / 'c1.mp4', frames[start:start + 5])

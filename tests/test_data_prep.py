@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from data_prep import landmarks
+from bilayer_jax.data import samples
+from bilayer_jax.face import landmarks
 from data_prep import process
 from data_prep import runner
 from data_prep import sources
@@ -25,7 +26,7 @@ from data_prep import sources
 @pytest.fixture(scope='module')
 def carphone():
   """The 120 real frames of the carphone clip (176x144 RGB)."""
-  with av.open(sources.carphone_path()) as c:
+  with av.open(samples.carphone_path()) as c:
     return [f.to_ndarray(format='rgb24') for f in c.decode(video=0)]
 
 

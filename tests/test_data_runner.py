@@ -10,9 +10,10 @@ import os
 import av
 import pytest
 
+from bilayer_jax.data import samples
+from bilayer_jax.face import segmentation
 from data_prep import process
 from data_prep import runner
-from data_prep import segmentation
 from data_prep import sources
 
 import media_utils
@@ -30,7 +31,7 @@ class CrashingSegmentation(segmentation.SegmentationBackend):
 
 @pytest.fixture
 def two_videos(tmp_path):
-  with av.open(sources.carphone_path()) as c:
+  with av.open(samples.carphone_path()) as c:
     frames = [f.to_ndarray(format='rgb24') for _, f in
               zip(range(3), c.decode(video=0))]
   for person in ('anna', 'ben'):

@@ -17,8 +17,8 @@ from bilayer_jax.evaluators import keypoint_error
 from bilayer_jax.evaluators import lpips as lpips_lib
 from bilayer_jax.evaluators import metrics as metrics_lib
 from bilayer_jax.evaluators import protocol
-from data_prep import images as images_lib
-from data_prep import landmarks as landmarks_lib
+from bilayer_jax.face import images as images_lib
+from bilayer_jax.face import landmarks as landmarks_lib
 
 
 @pytest.fixture(scope='module')
@@ -109,10 +109,10 @@ def faces():
   """Two real people at 256 px with their dlib landmarks: the astronaut (Eileen Collins) and the man of the
   carphone clip (its first frame, the face cropped by the data pipeline's rule)."""
   from bilayer_jax.inference import video  # pylint: disable=g-import-not-at-top
-  from data_prep import crop as crop_lib  # pylint: disable=g-import-not-at-top
-  from data_prep import sources  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.face import crop as crop_lib  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.data import samples  # pylint: disable=g-import-not-at-top
   backend = landmarks_lib.get_landmark_backend('dlib')
-  frame = next(iter(video.read_video(sources.carphone_path(), 1)))
+  frame = next(iter(video.read_video(samples.carphone_path(), 1)))
   carphone, _ = crop_lib.crop_face(frame, backend.detect(frame), 256)
   astronaut = images_lib.resize_bicubic(skdata.astronaut()[:400, 50:450], 256)
   return {name: (img, backend.detect(img)) for name, img in (('astronaut', astronaut), ('carphone', carphone))}

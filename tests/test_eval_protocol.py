@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bilayer_jax import model_io
-from bilayer_jax.data import demo
-from bilayer_jax.evaluators import protocol
 from bilayer_jax import evaluate as runner
+from bilayer_jax import model_io
+from bilayer_jax.evaluators import protocol
 from bilayer_jax.train import setup
 from bilayer_jax.train import step as step_lib
 from configs import demo as demo_config
+from data_prep import demo
 
 import train_utils
 
@@ -28,9 +28,8 @@ def data_dir(tmp_path_factory):
   return demo.ensure_demo_dataset(str(tmp_path_factory.mktemp('demo_data')))
 
 
-def _run_py(*args, timeout=900):
-  cmd = [sys.executable, str(train_utils.REPO / 'run.py'), '--config',
-         str(train_utils.REPO / 'configs' / 'demo.py') + ':base', *args]
+def _run_py(*args, timeout=900, command=('run.py',)):
+  cmd = [sys.executable, *command, '--config', str(train_utils.REPO / 'configs' / 'demo.py') + ':base', *args]
   proc = subprocess.run(cmd, cwd=train_utils.REPO, capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return proc
@@ -72,7 +71,7 @@ def test_demo_evaluation_is_finite_and_ranks_training_above_initialisation(demo_
   config = demo_config.get_config('base')
   config.data.data_dir = data_dir
   config.eval.max_targets = 8
-  config.eval.metrics = 'l1,psnr,ssim,lpips'
+  config.eval.metrics = ('l1', 'psnr', 'ssim', 'lpips')
   cfg = setup.step_config(config, 'base')
   s, n = config.model.image_size, config.model.pse_in_channels
   frames = lambda c: jnp.zeros((1, 1, s, s, c))
@@ -88,19 +87,20 @@ def test_demo_evaluation_is_finite_and_ranks_training_above_initialisation(demo_
 
 
 def test_eval_of_the_originals_run_directories(data_dir, enh_run_dir, fixtures_dir, tmp_path):
-  """Imported official-layout weights (the fixtures' base + enhancer runs) through `run.py --mode=eval`."""
-  proc = _run_py(f'--workdir={tmp_path}', '--mode=eval', f'--config.data.data_dir={data_dir}',
+  """Imported official-layout weights (the fixtures' base + enhancer runs) through `python -m
+  bilayer_jax.evaluate` (what `run.py --mode=eval` runs)."""
+  proc = _run_py(f'--workdir={tmp_path}', f'--config.data.data_dir={data_dir}',
                  f'--config.eval.params={fixtures_dir}', '--config.eval.original_epoch=1',
                  f'--config.eval.original_enh_run_dir={enh_run_dir}', '--config.eval.original_enh_epoch=1',
                  '--config.eval.max_targets=3', '--config.eval.metrics=psnr,ssim,csim_dlib,nme_dlib',
-                 '--config.eval.name=original')
+                 '--config.eval.name=original', command=('-m', 'bilayer_jax.evaluate'))
   results = json.loads((tmp_path / 'eval' / 'original' / 'results.json').read_text())
   assert results['model'] == {'evaluated': f'original run {fixtures_dir} epoch 1', 'enhanced': True}
   summary = results['self_reenactment']['summary']
   assert summary['frames'] == 3 and sorted(k for k in summary if not k.startswith('nme')) == [
       'csim_dlib', 'frames', 'psnr', 'ssim']
   _finite_summary(summary, ('psnr', 'ssim', 'csim_dlib'))
-  assert 'self-reenactment' in proc.stderr
+  assert 'self-reenactment' in proc.stdout
 
 
 def test_protocol_lists_videos_in_a_fixed_order_and_decodes_like_training(data_dir):

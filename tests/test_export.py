@@ -17,6 +17,7 @@ import torch
 
 from bilayer_jax import export as export_cli
 from bilayer_jax.convert import original
+from bilayer_jax.data import samples
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import equalize
 from bilayer_jax.inference import folding
@@ -24,7 +25,7 @@ from bilayer_jax.inference import preprocess
 from bilayer_jax.inference import tflite_export
 from bilayer_jax.inference import torch_frame_net
 from bilayer_jax.inference import video
-from data_prep import sources
+from bilayer_jax.models import config as model_config
 
 
 @pytest.fixture(scope='module')
@@ -289,7 +290,7 @@ def test_export_cli_formats_and_clear_errors(params_dir, photo_file, small_run, 
   cfg, variables, _ = small_run
   cfg2, variables2, _ = original.import_run(tmp_path / 'run', 1)
   assert cfg2 == dataclasses_replace_enhancer(cfg, cfg2)
-  for net in original.BASE_NETWORKS:
+  for net in model_config.BASE_NETWORKS:
     for collection, tree in variables['generator'].items():
       if net in tree:
         _assert_trees_equal(tree[net], variables2['generator'][collection][net])
@@ -322,7 +323,7 @@ def test_drive_cli_end_to_end(params_dir, photo_file, tmp_path):
   out = tmp_path / 'out.mp4'
   result = subprocess.run(
       [sys.executable, '-m', 'bilayer_jax.drive', f'--params={params_dir}', f'--source={photo_file}',
-       f'--driver={sources.carphone_path()}', f'--out={out}', '--side_by_side', '--max_frames=6',
+       f'--driver={samples.carphone_path()}', f'--out={out}', '--side_by_side', '--max_frames=6',
        '--landmarks=dlib', '--display_size=96', '--noenhance'],
       capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -334,7 +335,7 @@ def test_drive_cli_end_to_end(params_dir, photo_file, tmp_path):
   Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(blank)
   result = subprocess.run(
       [sys.executable, '-m', 'bilayer_jax.drive', f'--params={params_dir}', f'--source={blank}',
-       f'--driver={sources.carphone_path()}', f'--out={tmp_path / "none.mp4"}', '--landmarks=dlib'],
+       f'--driver={samples.carphone_path()}', f'--out={tmp_path / "none.mp4"}', '--landmarks=dlib'],
       capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode != 0 and 'blank.png: no face found' in result.stderr
   assert not (tmp_path / 'none.mp4').exists()

@@ -11,10 +11,11 @@ from PIL import Image
 import pytest
 import skimage.data
 
+from bilayer_jax.face import detection
+from bilayer_jax.face import landmarks as landmarks_lib
+from bilayer_jax.face import segmentation as segmentation_lib
 from bilayer_jax.inference import preprocess
 from bilayer_jax.inference import video
-from data_prep import landmarks as landmarks_lib
-from data_prep import segmentation as segmentation_lib
 
 # The astronaut's dlib HOG box (x0, y0, x1, y1) and a region around her head that is pasted.
 ASTRONAUT_FACE = np.array([179, 83, 266, 170])
@@ -76,7 +77,7 @@ def test_small_face_in_a_large_photo_is_found(dlib_backend, preprocessor, face_p
   assert lms is not None and inside(lms, box)
   src = preprocessor.source(photo)
   assert inside(src.landmarks, box) and len(src.faces) == 1
-  assert landmarks_lib.box_iou(src.faces[0], box) > 0.5
+  assert detection.box_iou(src.faces[0], box) > 0.5
 
 
 def test_the_largest_face_is_the_default_and_others_can_be_chosen(preprocessor, two_faces):
@@ -140,7 +141,7 @@ def test_photos_of_other_modes_load_and_give_the_face(preprocessor, tmp_path, mo
 
 def test_multi_scale_detections_merge_into_one_face_per_person(dlib_backend):
   faces = dlib_backend.detect_faces(skimage.data.astronaut())  # found at 1x and upsampled 2x
-  assert len(faces) == 1 and landmarks_lib.box_iou(faces[0].box, ASTRONAUT_FACE) > 0.7
+  assert len(faces) == 1 and detection.box_iou(faces[0].box, ASTRONAUT_FACE) > 0.7
   assert faces[0].score > 0 and faces[0].landmarks.shape == (68, 2)
 
 

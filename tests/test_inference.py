@@ -13,11 +13,11 @@ import pytest
 import skimage.data
 
 from bilayer_jax import model_io
+from bilayer_jax.face import landmarks as landmarks_lib
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import folding
 from bilayer_jax.inference import preprocess
 from bilayer_jax.models.bilayer import BilayerGenerator
-from data_prep import landmarks as landmarks_lib
 
 
 @pytest.fixture(scope='module')

@@ -11,11 +11,11 @@ import sys
 import jax
 import numpy as np
 
+from bilayer_jax import parity
 from bilayer_jax.convert import original
 from bilayer_jax.convert import torch_names
 from bilayer_jax.models.bilayer import BilayerGenerator, discriminator_passes
 from bilayer_jax.models.discriminator import Discriminator
-from bilayer_jax.tools import parity
 
 import fixture_utils
 
@@ -49,7 +49,7 @@ def _train_outputs(out, dout):
 
 def test_eval_parity_through_cli(fixtures_dir, enh_run_dir, tmp_path):
   out_path = tmp_path / 'outputs.npz'
-  subprocess.run([sys.executable, '-m', 'bilayer_jax.tools.parity', f'--run_dir={fixtures_dir}', '--epoch=1',
+  subprocess.run([sys.executable, '-m', 'bilayer_jax.parity', f'--run_dir={fixtures_dir}', '--epoch=1',
                   f'--enh_run_dir={enh_run_dir}', '--enh_epoch=1', f'--inputs={fixtures_dir / "inputs.npz"}',
                   f'--out={out_path}'], check=True, capture_output=True)
   with np.load(out_path) as ours, np.load(fixtures_dir / 'outputs_eval.npz') as ref:

@@ -11,14 +11,17 @@ import pytest
 
 from bilayer_jax.convert import original
 
+from bilayer_jax import config as config_lib
+from bilayer_jax import parity
 from bilayer_jax.convert import torch_names
-from bilayer_jax.tools import parity
+from bilayer_jax.models.config import BASE_NETWORKS
+from bilayer_jax.train import setup
 from bilayer_jax.train import step as S
 
 import fixture_utils
 
-# The fixtures were made with the perceptual loss removed (README §3).
-NO_PERCEPTUAL = S.LossConfig(perceptual=())
+# The fixtures were made with the perceptual loss removed (README §3); otherwise the paper's settings.
+NO_PERCEPTUAL = config_lib.LossConfig(per_vgg19_weight=0.0, per_vggface_weight=0.0)
 _BUFFERS = ('weight_u', 'weight_v', 'running_mean', 'running_var', 'num_batches_tracked', 'identity_grid',
             'frequencies')
 
@@ -35,10 +38,11 @@ def _stage(small_run, stage):
     variables = {'generator': {c: {n: t for n, t in tree.items() if n != 'texture_enhancer'}
                                for c, tree in variables['generator'].items()},
                  'discriminator': variables['discriminator']}
-    step_cfg = S.StepConfig(model=cfg, stage='base', losses=NO_PERCEPTUAL)
+    step_cfg = setup.step_config(config_lib.RunConfig(model=cfg, loss=NO_PERCEPTUAL), 'base')
   else:
-    step_cfg = S.StepConfig(model=cfg, stage='enhancer', networks_to_train=('texture_enhancer', 'discriminator'),
-                            losses=NO_PERCEPTUAL)
+    step_cfg = setup.step_config(config_lib.RunConfig(
+        model=cfg, stage='enhancer', networks_to_train=('texture_enhancer', 'discriminator'), loss=NO_PERCEPTUAL),
+                                 'enhancer')
   return step_cfg, S.init_state(step_cfg, variables)
 
 
@@ -90,7 +94,7 @@ def _float64(tree):
 def _gradients_by_key(stage, step_cfg, state, grads):
   """({reference key: our gradient}, reference file) for the stage's trained generator-side networks."""
   if stage == 'base':
-    ref_file, nets, prefix = 'grads_train.npz', S.BASE_NETWORKS, '{net}/'
+    ref_file, nets, prefix = 'grads_train.npz', BASE_NETWORKS, '{net}/'
   else:
     ref_file, nets, prefix = 'outputs_enh_train.npz', ('texture_enhancer',), 'grad/{net}/'
   return {prefix.format(net=net) + k: np.asarray(v, np.float64)
@@ -177,7 +181,7 @@ def _reference_tree(step_cfg, state, net, ref, prefix):
 
 
 @pytest.mark.parametrize('stage,grad_file,grad_prefix,params_file,nets', [
-    ('base', 'grads_train.npz', '{net}/', 'state_after_train_step.npz', S.BASE_NETWORKS),
+    ('base', 'grads_train.npz', '{net}/', 'state_after_train_step.npz', BASE_NETWORKS),
     ('base', 'dis_intended_update.npz', 'grad/{net}/', 'dis_intended_update.npz', ('discriminator',)),
     ('enhancer', 'outputs_enh_train.npz', 'grad/{net}/', 'outputs_enh_train.npz', ('texture_enhancer',)),
 ])

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from bilayer_jax.data import demo
+from data_prep import demo
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 

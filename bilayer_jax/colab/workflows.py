@@ -21,10 +21,10 @@ from bilayer_jax import export as export_cli
 from bilayer_jax import model_io
 from bilayer_jax.colab import runtime as runtime_lib
 from bilayer_jax.data import input_pipeline
-from bilayer_jax.data import demo
 from bilayer_jax.inference import folding
 from bilayer_jax.inference import tflite_export
 from configs import demo as demo_config_lib
+from data_prep import demo
 
 def _unit_range(image) -> np.ndarray:
   """A [-1, 1] image as [0, 1] for display."""
@@ -62,8 +62,7 @@ def demo_config(runtime: runtime_lib.Runtime, stage: str = 'base', dataset: str 
 
 def prepare_data(config: ml_collections.ConfigDict) -> str:
   """Builds the demo dataset if the config uses it (the first time, a few seconds); returns the data_dir."""
-  if config.data.demo:
-    config.data.data_dir = demo.ensure_demo_dataset(config.data.data_dir or None)
+  demo.prepare(config)
   return config.data.data_dir
 
 
@@ -87,6 +86,7 @@ def train(config: ml_collections.ConfigDict, workdir: os.PathLike) -> Dict[str, 
   """Trains `config.stage` into `workdir` with a progress bar. A workdir that has checkpoints resumes
   from the latest one (after a runtime restart too); interrupting the cell saves a checkpoint and stops."""
   from bilayer_jax.train import loop  # pylint: disable=g-import-not-at-top
+  prepare_data(config)
   summary = loop.train_and_evaluate(config, str(workdir))
   stage = 'enhancer' if config.stage == 'both' else config.stage  # 'both' reports its last stage
   stage_dir = pathlib.Path(workdir) / ('enhancer' if config.stage == 'both' else '')
@@ -125,7 +125,7 @@ def import_official(run_dir: str, epoch: str, enh_run_dir: str = '', enh_epoch: 
                     out: os.PathLike = 'runs/official_params') -> str:
   """The original's run directories (args.txt + checkpoints/<epoch>_<net>.pth) as a params directory;
   an existing import in `out` is reused."""
-  from bilayer_jax.tools import import_torch  # pylint: disable=g-import-not-at-top
+  from bilayer_jax import import_original  # pylint: disable=g-import-not-at-top
   if (pathlib.Path(out) / 'config.json').is_file():
     source = model_io.load_config(out)[1].get('metadata', {}).get('imported_from', {})
     describe = lambda r, e, er, ee: f'{r} epoch {e}' + (f' + enhancer {er} epoch {ee}' if er else '')
@@ -137,7 +137,7 @@ def import_official(run_dir: str, epoch: str, enh_run_dir: str = '', enh_epoch: 
                                     f'{describe(*wanted)}: delete it or choose another output directory')
     print(f'using the weights imported earlier: {out}')
     return str(out)
-  return str(import_torch.import_run(run_dir, epoch, enh_run_dir or None, enh_epoch or None, out))
+  return str(import_original.import_run(run_dir, epoch, enh_run_dir or None, enh_epoch or None, out))
 
 
 def animate(params: str, photo: str, driver: str, out: os.PathLike, runtime: runtime_lib.Runtime,
@@ -159,8 +159,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike, params: st
   mean-image baselines) on `params`; writes WORKDIR/eval/notebook/{results.json,results.md,examples.png}."""
   from bilayer_jax import evaluate  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())
-  config.eval.params, config.eval.metrics, config.eval.name = params, metrics, 'notebook'
+  config.eval.params, config.eval.metrics, config.eval.name = params, tuple(metrics.split(',')), 'notebook'
   config.eval.max_targets = runtime.sizes.eval_targets
+  prepare_data(config)
   return evaluate.evaluate(config, str(workdir))
 
 

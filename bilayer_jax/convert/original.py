@@ -22,10 +22,9 @@ import numpy as np
 from bilayer_jax import errors
 from bilayer_jax.convert import torch_names
 from bilayer_jax.models.bilayer import BilayerGenerator
-from bilayer_jax.models.config import BilayerConfig, NETWORK_NAMES
+from bilayer_jax.models.config import BASE_NETWORKS, BilayerConfig, NETWORK_NAMES
 from bilayer_jax.models.discriminator import Discriminator
 
-BASE_NETWORKS = ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator')
 _TEMPLATE_DIR = pathlib.Path(__file__).parent
 _NO_FLOAT_KEYS = ('per_loss_weights', 'pix_loss_weights')  # lists of floats the original keeps as strings
 

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from data_prep import landmarks as landmarks_lib
+from bilayer_jax.face import landmarks as landmarks_lib
 
 from bilayer_jax import errors
 

@@ -2,7 +2,7 @@
 'pose_matching', docs/model.md#external-networks).
 
 For each (generated, reference) pair, 68 landmarks are detected on BOTH images with the same landmark
-backend (data_prep.landmarks: face_alignment as the original, or dlib offline), and
+backend (bilayer_jax.face.landmarks: face_alignment as the original, or dlib offline), and
 
     NME = mean_i ||p_i(generated) - p_i(reference)||  /  ||mean(p_42..47(reference)) - mean(p_36..41(reference))||
 
@@ -21,8 +21,8 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from bilayer_jax.evaluators import identity
-from data_prep import images as images_lib
-from data_prep import landmarks as landmarks_lib
+from bilayer_jax.face import images as images_lib
+from bilayer_jax.face import landmarks as landmarks_lib
 
 RIGHT_EYE = slice(36, 42)
 LEFT_EYE = slice(42, 48)
@@ -39,7 +39,7 @@ class KeypointError:
   """NME between generated and reference frames with one landmark backend.
 
   Args:
-    backend: a data_prep.landmarks backend name ('dlib', 'face_alignment', 'auto') or instance.
+    backend: a bilayer_jax.face.landmarks backend name ('dlib', 'face_alignment', 'auto') or instance.
     min_side: frames are upsampled to at least this side before detection.
   """
 

@@ -14,7 +14,7 @@ test metrics), `'none'` compares raw frames. The same functions serve the traine
 (inside its jit-compiled eval step) and the evaluation protocol.
 """
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +37,10 @@ HIGHER_IS_BETTER = {'psnr', 'ssim', 'csim_dlib', 'csim_arcface'}
 MASK_MODES = ('ground_truth', 'predicted', 'none')
 
 
-def parse_metrics(names: str) -> Tuple[str, ...]:
-  """'l1,psnr,...' -> validated tuple (unknown names fail, listing the known ones)."""
-  parsed = tuple(n.strip() for n in names.split(',') if n.strip())
+def parse_metrics(names: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+  """'l1,psnr,...' or ('l1', 'psnr', ...) -> validated tuple (unknown names fail, listing the known ones)."""
+  parts = names.split(',') if isinstance(names, str) else names
+  parsed = tuple(n.strip() for n in parts if n.strip())
   unknown = [n for n in parsed if n not in ALL_METRICS]
   if unknown:
     raise errors.InvalidArgumentError(f'unknown metrics {unknown}; known: {", ".join(ALL_METRICS)}')

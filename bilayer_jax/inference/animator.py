@@ -29,9 +29,7 @@ from bilayer_jax.convert import original
 from bilayer_jax.inference import folding
 from bilayer_jax.inference import preprocess
 from bilayer_jax.models.bilayer import BilayerGenerator
-from bilayer_jax.models.config import BilayerConfig
-
-BASE_NETWORKS = ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator')
+from bilayer_jax.models.config import BASE_NETWORKS, BilayerConfig
 
 
 @dataclasses.dataclass
@@ -88,7 +86,7 @@ class Animator:
 
   @classmethod
   def from_params(cls, params_dir: str, **kwargs) -> 'Animator':
-    """From a bilayer_jax params directory (trained here, or imported with tools.import_torch)."""
+    """From a bilayer_jax params directory (trained here, or imported with import_original)."""
     cfg, variables, _ = model_io.load_params(params_dir)
     try:
       return cls(cfg, variables['generator'], **kwargs)

@@ -1,8 +1,8 @@
 """Photo/frame preprocessing for inference: the same detection, crop, keypoint and mask rules as the
 training data (data_prep), so the model sees at inference what it saw in training.
 
-Per image: the 68 landmarks of one face (data_prep.landmarks backends; dlib searches photos at several
-scales), the original's inference crop (data_prep.crop: square of 2x the landmark extent, centre moved up
+Per image: the 68 landmarks of one face (bilayer_jax.face.landmarks backends; dlib searches photos at several
+scales), the original's inference crop (bilayer_jax.face.crop: square of 2x the landmark extent, centre moved up
 by 1/6) cut at `crop_size` pixels (the datasets' stored size, 256 by default) and resized with PIL bicubic
 to the model's image size, as the input pipeline does; keypoints divided by the crop size and mapped to
 [-1, 1]; the person mask of the segmentation backend, quantised to 8 bits like the stored PNG masks; the
@@ -23,11 +23,12 @@ import numpy as np
 
 from bilayer_jax import errors
 from bilayer_jax.data import stickman
+from bilayer_jax.face import crop as crop_lib
+from bilayer_jax.face import detection
+from bilayer_jax.face import images
+from bilayer_jax.face import landmarks as landmarks_lib
+from bilayer_jax.face import segmentation as segmentation_lib
 from bilayer_jax.inference import video
-from data_prep import crop as crop_lib
-from data_prep import images
-from data_prep import landmarks as landmarks_lib
-from data_prep import segmentation as segmentation_lib
 
 
 # Drivers with more frames than this without a face are rejected (they would animate a still).
@@ -94,7 +95,7 @@ def select_face(faces: Sequence[np.ndarray], face_index: Optional[int] = None,
     raise FaceSelectionError(f'{name}: give --face_index or --face_box, not both')
   if face_box is not None:
     box = parse_face_box(face_box, faces)
-    overlaps = [landmarks_lib.box_iou(box, f) for f in faces]
+    overlaps = [detection.box_iou(box, f) for f in faces]
     if max(overlaps, default=0.0) <= 0:
       raise FaceSelectionError(f'{name}: --face_box {face_box!r} overlaps no detected face; '
                                f'{describe_faces(faces)}')
@@ -186,7 +187,7 @@ class FacePreprocessor:
   Args:
     image_size: the model's input size.
     landmarks: a backend name ('auto', 'dlib', 'face_alignment', registered) or a LandmarkBackend.
-    segmentation: a backend name (data_prep.segmentation) or a SegmentationBackend; built on first use.
+    segmentation: a backend name (bilayer_jax.face.segmentation) or a SegmentationBackend; built on first use.
     crop_size: size of the face crop before resizing to `image_size` (the dataset's stored size).
     detector: dlib's face detector for a backend given by name ('hog', or 'cnn': see `landmark_backend`).
   """

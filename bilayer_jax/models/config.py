@@ -12,8 +12,10 @@ import dataclasses
 import math
 from typing import Any, Dict, Tuple
 
-NETWORK_NAMES = ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator',
-                 'texture_enhancer', 'discriminator')
+# The four networks of the base stage, then the enhancer and the discriminator: every list of network names
+# in the project starts from these two.
+BASE_NETWORKS = ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator')
+NETWORK_NAMES = BASE_NETWORKS + ('texture_enhancer', 'discriminator')
 
 
 def _log2_ratio(big: int, small: int, what: str) -> int:

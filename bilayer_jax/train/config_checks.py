@@ -1,6 +1,7 @@
 """Checks every training/evaluation config field with a meaningful range before anything is built or written.
 
-`check(config, mode)` raises one `ConfigError` that names each bad field, its value and what is expected, e.g.
+`check(config)` (a `bilayer_jax.config.RunConfig`, or the ConfigDict it is converted from) raises one
+`ConfigError` that names each bad field, its value and what is expected, e.g.
 `config.batch_size=-1: expected an integer >= 1`. Periodic intervals (`log.*_every_steps`) accept 0 for
 "never". The trainer and the evaluation call it first, so a typo in a value fails in a second, not after
 compiling, and leaves no workdir behind.
@@ -10,11 +11,11 @@ import os
 from typing import Any, Callable, List, Optional, Sequence
 
 import jax
-import ml_collections
 
-from bilayer_jax import errors
+from bilayer_jax import config as config_lib
+from bilayer_jax.config import ConfigError
 from bilayer_jax.evaluators import metrics as metrics_lib
-from bilayer_jax.models.config import BilayerConfig, NETWORK_NAMES
+from bilayer_jax.models.config import NETWORK_NAMES
 
 STAGES = ('base', 'enhancer', 'both')
 DTYPES = ('float32', 'bfloat16')
@@ -24,26 +25,17 @@ DISTANCE_TYPES = ('l1', 'mse')
 EVAL_ENHANCE = ('auto', 'true', 'false')
 
 
-class ConfigError(errors.UserError, ValueError):
-  """One or more config fields hold values the run cannot use; the message names each field."""
-
-
-def names(text: Any) -> tuple:
-  """'a, b,c' -> ('a', 'b', 'c'): the comma-separated list fields of the configs."""
-  return tuple(s.strip() for s in str(text).split(',') if s.strip())
-
-
 class _Checker:
   """Collects `config.<field>=<value>: expected ...` problems."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: config_lib.RunConfig):
     self.config = config
     self.problems: List[str] = []
 
   def value(self, field: str) -> Any:
     node = self.config
     for part in field.split('.'):
-      node = node[part]
+      node = getattr(node, part)
     return node
 
   def expect(self, field: str, ok: Callable[[Any], bool], expected: str) -> None:
@@ -84,8 +76,8 @@ def _check_run(c: _Checker, num_devices: int) -> None:
                       '(the global batch is split evenly over them)')
   c.integer('num_steps', 0)
   c.integer('enhancer_num_steps', 0)
-  c.expect('networks_to_train', lambda v: names(v) and set(names(v)) <= set(NETWORK_NAMES),
-           f'comma-separated names from {", ".join(NETWORK_NAMES)}')
+  c.expect('networks_to_train', lambda v: v and set(v) <= set(NETWORK_NAMES),
+           f'names from {", ".join(NETWORK_NAMES)}')
   for net in NETWORK_NAMES:
     c.positive(f'optim.lrs.{net}')
   c.expect('optim.b1', lambda v: 0 <= float(v) < 1, 'a number in [0, 1)')
@@ -111,16 +103,16 @@ def _check_loss_and_train(c: _Checker) -> None:
   for field in ('adv_loss_weight', 'fem_loss_weight', 'per_vgg19_weight', 'per_vggface_weight',
                 'per_vgg16_lpips_weight', 'pix_loss_weight', 'seg_loss_weight', 'wpr_loss_weight'):
     c.non_negative(f'loss.{field}')
-  c.expect('loss.per_layer_weights', lambda v: len(names(v)) == 5 and all(float(w) >= 0 for w in names(v)),
-           'five comma-separated weights >= 0 (one per VGG block)')
+  c.expect('loss.per_layer_weights', lambda v: len(v) == 5 and all(w >= 0 for w in v),
+           'five weights >= 0 (one per VGG block)')
   c.existing_path('loss.perceptual_weights_dir', 'the perceptual weights folder')
   c.choice('train.dtype', DTYPES)
   c.choice('train.matmul_precision', MATMUL_PRECISIONS)
   c.integer('mesh.fsdp_min_size', 0)
   if c.value('standing_stats.enabled'):
     c.integer('standing_stats.num_batches', 1)
-    c.expect('standing_stats.networks', lambda v: set(names(v)) <= set(NETWORK_NAMES),
-             f'comma-separated names from {", ".join(NETWORK_NAMES)}')
+    c.expect('standing_stats.networks', lambda v: set(v) <= set(NETWORK_NAMES),
+             f'names from {", ".join(NETWORK_NAMES)}')
 
 
 def _check_log_and_eval(c: _Checker) -> None:
@@ -130,8 +122,8 @@ def _check_log_and_eval(c: _Checker) -> None:
   c.integer('log.eval_batches', 1)
   c.integer('log.num_images', 1)
   for field in ('metrics', 'periodic_metrics'):
-    c.expect(f'eval.{field}', lambda v: all(n in metrics_lib.ALL_METRICS for n in names(v)),
-             f'comma-separated names from {", ".join(metrics_lib.ALL_METRICS)}')
+    c.expect(f'eval.{field}', lambda v: all(n in metrics_lib.ALL_METRICS for n in v),
+             f'names from {", ".join(metrics_lib.ALL_METRICS)}')
   c.choice('eval.mask', metrics_lib.MASK_MODES)
   c.choice('eval.enhance', EVAL_ENHANCE)
   c.integer('eval.max_targets', 0)
@@ -142,19 +134,28 @@ def _check_log_and_eval(c: _Checker) -> None:
 
 
 def _check_model(c: _Checker) -> None:
-  fields = dict(c.value('model').to_dict())
-  fields['spn_networks'] = names(fields['spn_networks'])
   try:
-    BilayerConfig(**fields).validate(with_enhancer=c.value('stage') != 'base')
+    c.value('model').validate(with_enhancer=c.value('stage') != 'base')
   except (TypeError, ValueError) as e:
     c.problems.append(f'config.model: {e}')
 
 
-def check(config: ml_collections.ConfigDict, num_devices: Optional[int] = None) -> None:
+def check(config: Any, num_devices: Optional[int] = None) -> None:
   """Raises ConfigError naming every out-of-range field of a training config (see module docstring)."""
-  checker = _Checker(config)
+  checker = _Checker(config_lib.from_config_dict(config))
   _check_run(checker, num_devices or jax.device_count())
   for part in (_check_data, _check_loss_and_train, _check_log_and_eval, _check_model):
     part(checker)
   if checker.problems:
     raise ConfigError('; '.join(checker.problems))
+
+
+def check_demo_prepared(config: config_lib.RunConfig) -> None:
+  """Raises ConfigError when `data.demo` is set but the demo dataset has not been located yet.
+
+  The library never builds datasets: entry points call `data_prep.demo.prepare(config)` first (run.py and
+  the notebooks do), which fills in `data.data_dir`.
+  """
+  if config.data.demo and not config.data.data_dir:
+    raise ConfigError('config.data.demo=True but config.data.data_dir is empty: build the demo dataset first '
+                      '(data_prep.demo.prepare(config), as run.py does) or set config.data.data_dir')

@@ -23,13 +23,12 @@ from clu import metric_writers
 from clu import parameter_overview
 from clu import periodic_actions
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import tqdm.auto
 
+from bilayer_jax import config as config_lib
 from bilayer_jax import model_io
-from bilayer_jax.data import demo
 from bilayer_jax.data import input_pipeline
 from bilayer_jax.train import checkpoints
 from bilayer_jax.train import config_checks
@@ -48,15 +47,18 @@ class NonFiniteError(FloatingPointError):
   """A loss, gradient or parameter became NaN/Inf: the run stops without writing a checkpoint."""
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: Any, workdir: str) -> Dict[str, Any]:
   """Trains `config.stage` ('base', 'enhancer', or 'both': base into WORKDIR/base, then the enhancer
   into WORKDIR/enhancer initialised from the base stage's params). Returns the last stage's summary.
 
   The config is checked before anything is written (`config_checks.ConfigError`). SIGTERM/SIGINT at any
   point saves the current stage's state and ends the whole run: the summary has `preempted=True` and no
-  later stage starts; the same call again resumes that stage and continues.
+  later stage starts; the same call again resumes that stage and continues. `config`: a RunConfig or the
+  ConfigDict of a config file (converted here, once).
   """
+  config = config_lib.from_config_dict(config)
   config_checks.check(config)
+  config_checks.check_demo_prepared(config)
   if config.train.matmul_precision != 'default':
     jax.config.update('jax_default_matmul_precision', config.train.matmul_precision)
   guard = checkpoints.PreemptionGuard()
@@ -70,9 +72,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       summary = run_stage(config, base_dir, 'base', config.num_steps, guard)
       if summary.get('preempted'):
         return summary
-    enh_config = ml_collections.ConfigDict(config.to_dict())
-    enh_config.init_from = os.path.join(base_dir, 'params')
-    enh_config.standing_stats.enabled = False
+    enh_config = dataclasses.replace(config, init_from=os.path.join(base_dir, 'params'),
+                                     standing_stats=dataclasses.replace(config.standing_stats, enabled=False))
     return run_stage(enh_config, os.path.join(workdir, 'enhancer'), 'enhancer', config.enhancer_num_steps, guard)
   finally:
     guard.close()
@@ -97,12 +98,10 @@ def _data_seed(seed: int, step: int, purpose: int = 0) -> int:
 
 
 def _dataset(config, split: str, seed: int, shuffle: bool = True):
-  data_dir = config.data.data_dir or None
-  if config.data.demo:
-    data_dir = demo.ensure_demo_dataset(data_dir)
   return input_pipeline.create_dataset(
-      data_dir, split, image_size=config.model.image_size, num_source_frames=config.data.num_source_frames,
-      num_target_frames=config.data.num_target_frames, batch_size=config.batch_size // jax.process_count(),
+      config.data.data_dir or None, split, image_size=config.model.image_size,
+      num_source_frames=config.data.num_source_frames, num_target_frames=config.data.num_target_frames,
+      batch_size=config.batch_size // jax.process_count(),
       seed=seed, shuffle=shuffle, repeat=True, dataset_name=config.data.name,
       shuffle_buffer=config.data.shuffle_buffer)
 
@@ -161,14 +160,15 @@ def _write_params(workdir: str, cfg: step_lib.StepConfig, state, config, replica
   gathered = jax.jit(step_lib.model_variables, out_shardings=replicated)(state)
   variables = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), gathered)
   if jax.process_index() == 0:
-    model_io.replace_params(pathlib.Path(workdir) / 'params', cfg.model, variables, {
-        'trained_by': 'bilayer_jax', 'stage': cfg.stage, 'step': int(state['step']), 'config': config.to_json()})
+    metadata = {'trained_by': 'bilayer_jax', 'stage': cfg.stage, 'step': int(state['step']),
+                'config': config_lib.to_json(config)}
+    model_io.replace_params(pathlib.Path(workdir) / 'params', cfg.model, variables, metadata)
 
 
 @dataclasses.dataclass
 class _Stage:
   """What one stage's loop runs with (built by `_prepare`)."""
-  config: ml_collections.ConfigDict
+  config: config_lib.RunConfig
   cfg: step_lib.StepConfig
   workdir: str
   batch_sh: Any
@@ -196,7 +196,7 @@ def _restore_or_init(config, cfg, manager, mesh, repl):
   return state, source, abstract_state, state_sh
 
 
-def _prepare(config: ml_collections.ConfigDict, workdir: str, stage: str):
+def _prepare(config: config_lib.RunConfig, workdir: str, stage: str):
   """(_Stage, state, source): mesh, writer, perceptual nets, the restored state and the compiled functions."""
   cfg = setup.step_config(config, stage)
   logging.info('process %d/%d, %d local / %d global devices (%s); stage %s trains %s',
@@ -219,7 +219,8 @@ def _log_start(ctx: _Stage, state, start: int) -> None:
   """Hyperparameters and a parameter overview at step 0; the compile time always."""
   if start == 0:
     if jax.process_index() == 0:
-      ctx.writer.write_hparams({k: str(v) for k, v in ctx.config.to_dict().items() if not isinstance(v, dict)})
+      ctx.writer.write_hparams({k: str(v) for k, v in config_lib.as_dict(ctx.config).items()
+                                 if not isinstance(v, dict)})
     # 'global': statistics of sharded arrays by collectives, so every process takes part (process 0 logs).
     overview = dict(state['params']['generator'], discriminator=state['params']['discriminator'])
     for net, tree in overview.items():
@@ -337,7 +338,7 @@ def _train(ctx: _Stage, state, start: int, num_steps: int, guard, summary):
   return state, step
 
 
-def run_stage(config: ml_collections.ConfigDict, workdir: str, stage: str, num_steps: int,
+def run_stage(config: config_lib.RunConfig, workdir: str, stage: str, num_steps: int,
               guard: checkpoints.PreemptionGuard) -> Dict[str, Any]:
   """Trains one stage to `num_steps` (resuming if WORKDIR holds checkpoints). Returns a summary."""
   pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)

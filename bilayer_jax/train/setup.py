@@ -1,59 +1,67 @@
-"""Config (ml_collections) -> the static pieces a training run needs: StepConfig, perceptual weights."""
+"""Run config -> the static pieces a training run needs: StepConfig, perceptual weights."""
 
+import dataclasses
 import os
 import pathlib
 from typing import Any, Dict
 
 import jax.numpy as jnp
-import ml_collections
 
+from bilayer_jax import config as config_lib
+from bilayer_jax.convert import perceptual
 from bilayer_jax.models import vgg
-from bilayer_jax.models.config import BilayerConfig, NETWORK_NAMES
-from bilayer_jax.train import config_checks
+from bilayer_jax.models.config import NETWORK_NAMES
 from bilayer_jax.train import step as step_lib
 
-def model_config(config: ml_collections.ConfigDict) -> BilayerConfig:
-  fields = dict(config.model.to_dict())
-  fields['spn_networks'] = config_checks.names(fields['spn_networks'])
-  return BilayerConfig(**fields)
+# Run-config loss fields -> the perceptual network each one weighs (bilayer_jax.models.vgg.PERCEPTUAL_NETS).
+PERCEPTUAL_WEIGHT_FIELDS = (('per_vgg19_weight', 'vgg19_imagenet_pytorch'), ('per_vggface_weight', 'vgg16_face_caffe'),
+                            ('per_vgg16_lpips_weight', 'vgg16_imagenet_lpips'))
+_STEP_LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(step_lib.LossConfig) if f.name != 'perceptual')
 
 
-def step_config(config: ml_collections.ConfigDict, stage: str) -> step_lib.StepConfig:
-  """The static StepConfig of one stage ('base' or 'enhancer')."""
-  if stage not in ('base', 'enhancer'):
-    raise ValueError(f"stage {stage!r}: expected 'base' or 'enhancer'")
-  networks = config_checks.names(config.networks_to_train)
+def stage_networks(config: config_lib.RunConfig, stage: str) -> tuple:
+  """The networks one stage trains: `networks_to_train` (stage 'both': the enhancer stage trains the
+  texture_enhancer and the discriminator), without the discriminator when `train.train_discriminator` is off.
+  """
+  networks = config.networks_to_train
   if stage == 'enhancer' and config.stage == 'both':
     networks = ('texture_enhancer', 'discriminator')
   unknown = set(networks) - set(NETWORK_NAMES)
   if unknown:
-    raise ValueError(f'networks_to_train: unknown network(s) {sorted(unknown)}; expected names from {NETWORK_NAMES}')
+    raise config_lib.ConfigError(f'config.networks_to_train: unknown network(s) {sorted(unknown)}; expected '
+                                 f'names from {NETWORK_NAMES}')
   if stage == 'base' and 'texture_enhancer' in networks:
-    raise ValueError("the texture_enhancer trains in the 'enhancer' stage (config.stage)")
+    raise config_lib.ConfigError("the texture_enhancer trains in the 'enhancer' stage (config.stage)")
   if not config.train.train_discriminator:
     networks = tuple(n for n in networks if n != 'discriminator')
-  lc = config.loss
-  losses = step_lib.LossConfig(
-      adv_pred_type=lc.adv_pred_type, adv_loss_weight=lc.adv_loss_weight, fem_loss_type=lc.fem_loss_type,
-      fem_loss_weight=lc.fem_loss_weight,
-      perceptual=(('vgg19_imagenet_pytorch', lc.per_vgg19_weight), ('vgg16_face_caffe', lc.per_vggface_weight),
-                  ('vgg16_imagenet_lpips', lc.per_vgg16_lpips_weight)),
-      per_layer_weights=tuple(float(w) for w in config_checks.names(lc.per_layer_weights)),
-      pix_loss_type=lc.pix_loss_type, pix_loss_weight=lc.pix_loss_weight, seg_loss_weight=lc.seg_loss_weight,
-      wpr_loss_weight=lc.wpr_loss_weight, wpr_loss_weight_decay=lc.wpr_loss_weight_decay,
-      wpr_loss_decay_schedule=lc.wpr_loss_decay_schedule)
+  return networks
+
+
+def loss_config(loss: config_lib.LossConfig) -> step_lib.LossConfig:
+  """The step's view of the loss section: the perceptual terms as (network, weight) pairs of the nets in use."""
+  perceptual_terms = tuple((net, getattr(loss, field)) for field, net in PERCEPTUAL_WEIGHT_FIELDS
+                           if getattr(loss, field))
+  return step_lib.LossConfig(perceptual=perceptual_terms, **{f: getattr(loss, f) for f in _STEP_LOSS_FIELDS})
+
+
+def step_config(config: Any, stage: str) -> step_lib.StepConfig:
+  """The static StepConfig of one stage ('base' or 'enhancer') of a run config (or its ConfigDict)."""
+  config = config_lib.from_config_dict(config)
+  if stage not in ('base', 'enhancer'):
+    raise ValueError(f"stage {stage!r}: expected 'base' or 'enhancer'")
+  networks = stage_networks(config, stage)
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
   if config.train.dtype not in dtypes:
-    raise ValueError(f'train.dtype {config.train.dtype!r}: expected one of {sorted(dtypes)}')
+    raise config_lib.ConfigError(f'config.train.dtype={config.train.dtype!r}: expected one of {sorted(dtypes)}')
   return step_lib.StepConfig(
-      model=model_config(config).validate(with_enhancer=stage == 'enhancer'), stage=stage,
-      networks_to_train=networks, losses=losses,
-      lrs=tuple((n, float(config.optim.lrs[n])) for n in networks), adam_beta1=config.optim.b1,
+      model=config.model.validate(with_enhancer=stage == 'enhancer'), stage=stage,
+      networks_to_train=networks, losses=loss_config(config.loss),
+      lrs=tuple((n, getattr(config.optim.lrs, n)) for n in networks), adam_beta1=config.optim.b1,
       adam_beta2=config.optim.b2, adam_eps=config.optim.eps, inf_apply_masks=config.train.inf_apply_masks,
       enh_apply_masks=config.train.enh_apply_masks, dtype=dtypes[config.train.dtype])
 
 
-def perceptual_params(config: ml_collections.ConfigDict, step_cfg: step_lib.StepConfig) -> Dict[str, Any]:
+def perceptual_params(config: config_lib.RunConfig, step_cfg: step_lib.StepConfig) -> Dict[str, Any]:
   """Loads the frozen perceptual networks the losses use (clear error naming a missing file)."""
   params = {}
   for name, weight in step_cfg.losses.perceptual:
@@ -61,12 +69,12 @@ def perceptual_params(config: ml_collections.ConfigDict, step_cfg: step_lib.Step
       continue
     spec = vgg.PERCEPTUAL_NETS[name]
     if name == 'vgg16_imagenet_lpips':
-      params[name] = vgg.load_lpips_vgg16_params()
+      params[name] = perceptual.load_lpips_vgg16_params()
       continue
     weights_dir = config.loss.perceptual_weights_dir or os.environ.get('BILAYER_JAX_WEIGHTS', '')
     if not weights_dir:
-      raise vgg.PerceptualWeightsError(
+      raise perceptual.PerceptualWeightsError(
           f'loss {name} (weight {weight}) needs {spec.file_name}: set --config.loss.perceptual_weights_dir to its '
           f'folder ({spec.how_to_get}), or turn the term off with weight 0')
-    params[name] = vgg.load_vgg_params(spec, pathlib.Path(weights_dir) / spec.file_name)
+    params[name] = perceptual.load_vgg_params(spec, pathlib.Path(weights_dir) / spec.file_name)
   return params

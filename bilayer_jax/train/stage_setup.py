@@ -12,18 +12,17 @@ from typing import Any, Dict, Optional, Tuple
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from bilayer_jax import config as config_lib
 from bilayer_jax.evaluators import lpips as lpips_lib
 from bilayer_jax.evaluators import metrics as metrics_lib
 from bilayer_jax.train import checkpoints
-from bilayer_jax.train import config_checks
 from bilayer_jax.train import evaluation
 from bilayer_jax.train import sharding
 from bilayer_jax.train import step as step_lib
 
 
-def dummy_batch(config: ml_collections.ConfigDict) -> Dict[str, jax.Array]:
+def dummy_batch(config: config_lib.RunConfig) -> Dict[str, jax.Array]:
   """Zeros shaped like one global training batch (for shapes and compilation)."""
   s, b = config.model.image_size, config.batch_size
   n, t = config.data.num_source_frames, config.data.num_target_frames
@@ -39,7 +38,7 @@ def dummy_batch(config: ml_collections.ConfigDict) -> Dict[str, jax.Array]:
           'target_stickmen': frames(t, 3), 'target_poses': poses(t)}
 
 
-def state_layout(config: ml_collections.ConfigDict, cfg: step_lib.StepConfig, mesh):
+def state_layout(config: config_lib.RunConfig, cfg: step_lib.StepConfig, mesh):
   """(variable shapes, abstract training state, its shardings) of one stage, without computing anything."""
   shapes = step_lib.variable_shapes(cfg, dummy_batch(config))
   abstract_state = jax.eval_shape(functools.partial(step_lib.init_state, cfg), shapes)
@@ -73,7 +72,7 @@ def _abs_sum(tree):
   return sum(jnp.sum(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree))
 
 
-def compile_functions(config: ml_collections.ConfigDict, cfg: step_lib.StepConfig, abstract_state, state_sh,
+def compile_functions(config: config_lib.RunConfig, cfg: step_lib.StepConfig, abstract_state, state_sh,
                       batch_sh, repl, perceptual) -> StageFunctions:
   """Lowers and compiles every function the stage's loop calls, for the given shardings."""
   start = time.time()
@@ -85,7 +84,7 @@ def compile_functions(config: ml_collections.ConfigDict, cfg: step_lib.StepConfi
                            abs_state, abs_batch, perceptual).compile()
   stats_networks = ()
   if config.standing_stats.enabled:
-    stats_networks = tuple(n for n in config_checks.names(config.standing_stats.networks)
+    stats_networks = tuple(n for n in config.standing_stats.networks
                            if n in cfg.generator_train_modes)
   stats = evaluation.make_stats_fn(cfg, stats_networks).lower(abs_gen, abs_batch).compile() if stats_networks \
       else None

@@ -37,41 +37,41 @@ State = Dict[str, Any]
 
 PERCEPTUAL_LOSS_NAMES = {'vgg19_imagenet_pytorch': 'G_VGG19', 'vgg16_face_caffe': 'G_VGGFace',
                          'vgg16_imagenet_lpips': 'G_VGG16'}
-BASE_NETWORKS = ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator')
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """Loss settings with the original's names and the paper's values (docs/model.md#loss-settings)."""
-  adv_pred_type: str = 'ragan'
-  adv_loss_weight: float = 0.5
-  fem_loss_type: str = 'l1'
-  fem_loss_weight: float = 10.0
+  """The loss settings a step is compiled with (docs/model.md#loss-settings); `train/setup.py` builds it
+  from the run config (`bilayer_jax.config.LossConfig`, which holds the defaults)."""
+  adv_pred_type: str
+  adv_loss_weight: float
+  fem_loss_type: str
+  fem_loss_weight: float
   # (perceptual network name, weight) for networks of bilayer_jax.models.vgg.PERCEPTUAL_NETS.
-  perceptual: Tuple[Tuple[str, float], ...] = (('vgg19_imagenet_pytorch', 10.0), ('vgg16_face_caffe', 0.01))
-  per_layer_weights: Tuple[float, ...] = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
-  pix_loss_type: str = 'l1'
-  pix_loss_weight: float = 10.0
-  seg_loss_weight: float = 10.0
-  wpr_loss_weight: float = 0.0
-  wpr_loss_weight_decay: float = 1.0
-  wpr_loss_decay_schedule: int = -1
+  perceptual: Tuple[Tuple[str, float], ...]
+  per_layer_weights: Tuple[float, ...]
+  pix_loss_type: str
+  pix_loss_weight: float
+  seg_loss_weight: float
+  wpr_loss_weight: float
+  wpr_loss_weight_decay: float
+  wpr_loss_decay_schedule: int
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """What one step trains and how (static: changing it recompiles)."""
+  """What one step trains and how (static: changing it recompiles); built by `train/setup.py`."""
   model: BilayerConfig
-  stage: str = 'base'  # 'base' | 'enhancer'
-  networks_to_train: Tuple[str, ...] = BASE_NETWORKS + ('discriminator',)
-  losses: LossConfig = LossConfig()
-  lrs: Tuple[Tuple[str, float], ...] = ()  # per network; default 2e-4
-  adam_beta1: float = 0.5
-  adam_beta2: float = 0.999
-  adam_eps: float = 1e-7
-  inf_apply_masks: bool = True
-  enh_apply_masks: bool = True
-  dtype: Any = jnp.float32
+  stage: str  # 'base' | 'enhancer'
+  networks_to_train: Tuple[str, ...]
+  losses: LossConfig
+  lrs: Tuple[Tuple[str, float], ...]  # (network, learning rate) of each trained network
+  adam_beta1: float
+  adam_beta2: float
+  adam_eps: float
+  inf_apply_masks: bool
+  enh_apply_masks: bool
+  dtype: Any
 
   @property
   def enhancer(self) -> bool:
@@ -90,7 +90,7 @@ class StepConfig:
     return 'pred_enh_target_imgs' if self.enhancer else 'pred_target_imgs'
 
   def lr(self, network: str) -> float:
-    return dict(self.lrs).get(network, 2e-4)
+    return dict(self.lrs)[network]
 
 
 def make_models(cfg: StepConfig) -> Tuple[BilayerGenerator, Discriminator]:
@@ -99,7 +99,7 @@ def make_models(cfg: StepConfig) -> Tuple[BilayerGenerator, Discriminator]:
 
 
 def make_optimizers(cfg: StepConfig) -> Dict[str, optax.GradientTransformation]:
-  """One Adam per trained network: lr 2e-4, betas (0.5, 0.999), eps 1e-7, no decay/clipping/schedule."""
+  """One Adam per trained network (paper: lr 2e-4, betas (0.5, 0.999), eps 1e-7), no decay/clipping/schedule."""
   return {n: optax.adam(cfg.lr(n), b1=cfg.adam_beta1, b2=cfg.adam_beta2, eps=cfg.adam_eps)
           for n in cfg.networks_to_train}
 

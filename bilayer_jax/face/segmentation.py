@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 
 from bilayer_jax import errors
-from data_prep import fetch_models
-from data_prep import images
+from bilayer_jax.face import images
+from bilayer_jax.face import model_files
 
 
 class SegmentationBackend:
@@ -63,7 +63,7 @@ class TFLiteSegmentation(SegmentationBackend):
                num_threads: int = 1):
     from ai_edge_litert import interpreter  # pylint: disable=g-import-not-at-top
     if not os.path.isfile(model_path):
-      raise fetch_models.ModelNotFoundError(f'no TFLite model at {model_path}')
+      raise model_files.ModelNotFoundError(f'no TFLite model at {model_path}')
     self.model_path = model_path
     self._interp = interpreter.Interpreter(model_path=model_path,
                                            num_threads=num_threads)
@@ -122,11 +122,11 @@ class MediapipeSelfieSegmentation(TFLiteSegmentation):
 
   def __init__(self, erode: int = 0, num_threads: int = 1,
                model_dir: str | None = None):
-    path = fetch_models.model_path('selfie_segmentation', model_dir)
+    path = model_files.model_path('selfie_segmentation', model_dir)
     super().__init__(str(path), (0.0, 1.0), erode, num_threads)
 
   def info(self):
-    spec = fetch_models.MODELS['selfie_segmentation']
+    spec = model_files.MODELS['selfie_segmentation']
     return dict(super().info(), name=self.name, source=spec.requirement,
                 sha256=spec.sha256, license=spec.license)
 
@@ -147,7 +147,7 @@ def get_segmentation_backend(name: str = 'mediapipe_selfie',
   """Builds a backend from a registered name, ``tflite:PATH`` or ``mod:fn``.
 
   Raises:
-    data_prep.fetch_models.ModelNotFoundError: a model file is missing.
+    bilayer_jax.face.model_files.ModelNotFoundError: a model file is missing.
   """
   if name in _BACKENDS:
     return _BACKENDS[name](**kwargs)

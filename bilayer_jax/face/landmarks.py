@@ -22,8 +22,7 @@ one ``detect`` returns first, so that callers can let the user pick another.
 * ``auto``: face_alignment when its weights are on disk, else dlib.
 """
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-import dataclasses
+from collections.abc import Callable, Iterable, Iterator
 import importlib.util
 import logging
 import os
@@ -32,16 +31,14 @@ import cv2
 import numpy as np
 
 from bilayer_jax import errors
-from data_prep import images
+from bilayer_jax.face import detection
+from bilayer_jax.face import images
 
-Landmarks = np.ndarray  # float32 (68, 2), pixel coordinates (x, y)
 DETECTORS = ('hog', 'cnn')  # DlibBackend's face detectors
 # Side (px, at the scale a detector runs at) above which dlib's detectors
 # find a frontal face reliably: both slide an 80x80 window (measured: HOG finds
 # faces down to ~55 px now and then, the CNN down to ~60 px).
 DLIB_MIN_FACE = 80
-# Detections of one face at two scales overlap at least this much.
-SAME_FACE_IOU = 0.4
 
 
 class BackendUnavailableError(errors.UserError, RuntimeError):
@@ -52,70 +49,16 @@ class DetectorError(errors.UserError, ValueError):
   """A face detector DlibBackend does not know, or one a backend cannot use."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Face:
-  """One detected face of an image.
-
-  Attributes:
-    box: float64 (4,) x0, y0, x1, y1 in pixels of the image.
-    score: the detector's confidence (NaN where a backend gives none).
-    landmarks: its 68 landmarks.
-  """
-  box: np.ndarray
-  score: float
-  landmarks: Landmarks
-
-  @property
-  def area(self) -> float:
-    return box_area(self.box)
-
-
-def box_area(box: np.ndarray) -> float:
-  return float(max(box[2] - box[0], 0) * max(box[3] - box[1], 0))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-  """Intersection over union of two (x0, y0, x1, y1) boxes."""
-  inter = box_area(np.concatenate([np.maximum(a[:2], b[:2]),
-                                   np.minimum(a[2:], b[2:])]))
-  union = box_area(a) + box_area(b) - inter
-  return inter / union if union > 0 else 0.0
-
-
-def merge_detections(boxes: Sequence[np.ndarray], scores: Sequence[float]
-                     ) -> tuple[list[np.ndarray], list[float]]:
-  """Detections of several scales -> one per face (the best-scoring one)."""
-  kept_boxes, kept_scores = [], []
-  for i in sorted(range(len(boxes)), key=lambda i: -scores[i]):
-    if all(box_iou(boxes[i], k) < SAME_FACE_IOU for k in kept_boxes):
-      kept_boxes.append(boxes[i])
-      kept_scores.append(scores[i])
-  return kept_boxes, kept_scores
-
-
-def rank_faces(boxes: Sequence[np.ndarray], scores: Sequence[float]
-               ) -> list[int]:
-  """Order of detections, largest first among confident ones (scoring at
-  least half the best score), then the weak ones largest first.
-
-  A weak false positive (e.g. a pattern on clothes) must not win because it
-  is big, but stays listed for a user who points at it.
-  """
-  best = max(scores, default=0.0)
-  return sorted(range(len(boxes)), key=lambda i: (scores[i] < 0.5 * best,
-                                                  -box_area(boxes[i])))
-
-
 class LandmarkBackend:
   """Interface: 68 landmarks of the largest face in RGB uint8 images."""
 
   name = 'base'
 
-  def detect(self, image: np.ndarray) -> Landmarks | None:
+  def detect(self, image: np.ndarray) -> detection.Landmarks | None:
     """Landmarks of the largest face of one image, or None if no face."""
     raise NotImplementedError
 
-  def detect_faces(self, image: np.ndarray) -> list[Face]:
+  def detect_faces(self, image: np.ndarray) -> list[detection.Face]:
     """All faces of one image, the one ``detect`` picks first.
 
     The default wraps ``detect`` (one face, boxed by its landmarks), so
@@ -125,10 +68,10 @@ class LandmarkBackend:
     if lms is None:
       return []
     box = np.concatenate([lms.min(0), lms.max(0)]).astype(np.float64)
-    return [Face(box, float('nan'), lms)]
+    return [detection.Face(box, float('nan'), lms)]
 
   def detect_video(self, frames: Iterable[np.ndarray]
-                   ) -> Iterator[tuple[np.ndarray, Landmarks | None]]:
+                   ) -> Iterator[tuple[np.ndarray, detection.Landmarks | None]]:
     """Yields (frame, landmarks or None) for consecutive frames of a video.
 
     Backends may exploit temporal coherence or batching; the default detects
@@ -260,7 +203,7 @@ class DlibBackend(LandmarkBackend):
     boxes, scores = self._run(rgb, gray, scale, 0)
     if not boxes and max(gray.shape) * scale <= self.small_side:
       boxes, scores = self._run(rgb, gray, scale, 1)
-    order = rank_faces(boxes, scores)
+    order = detection.rank_faces(boxes, scores)
     return boxes[order[0]] if order else None
 
   def _photo_boxes(self, rgb: np.ndarray, gray: np.ndarray, every_scale: bool
@@ -271,17 +214,17 @@ class DlibBackend(LandmarkBackend):
     boxes, scores, order = [], [], []
     for scale, upsample in passes:
       new_boxes, new_scores = self._run(rgb, gray, scale, upsample)
-      boxes, scores = merge_detections(boxes + new_boxes, scores + new_scores)
-      order = rank_faces(boxes, scores)
+      boxes, scores = detection.merge_detections(boxes + new_boxes, scores + new_scores)
+      order = detection.rank_faces(boxes, scores)
       # A face larger than the best one would have been found at this scale:
       # finer scales only add smaller faces.
       reliable = DLIB_MIN_FACE / (scale * 2 ** upsample)
       if not every_scale and order and np.sqrt(
-          box_area(boxes[order[0]])) >= reliable:
+          detection.box_area(boxes[order[0]])) >= reliable:
         break
     return [boxes[i] for i in order], [scores[i] for i in order]
 
-  def _predict(self, gray: np.ndarray, box: np.ndarray) -> Landmarks:
+  def _predict(self, gray: np.ndarray, box: np.ndarray) -> detection.Landmarks:
     l, t, r, b = (int(round(v)) for v in box)
     shape = self._predictor(gray, self._dlib.rectangle(l, t, r, b))
     return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
@@ -296,7 +239,7 @@ class DlibBackend(LandmarkBackend):
     rgb = images.to_rgb(image)
     gray = images.to_gray(rgb)
     boxes, scores = self._photo_boxes(rgb, gray, every_scale=True)
-    return [Face(b, float(s), self._predict(gray, b))
+    return [detection.Face(b, float(s), self._predict(gray, b))
             for b, s in zip(boxes, scores)]
 
   def detect_video(self, frames):
@@ -403,13 +346,13 @@ class FaceAlignmentBackend(LandmarkBackend):
   def detect_faces(self, image):
     lms, _, boxes = self._fa.get_landmarks_from_image(
         images.to_rgb(image), return_bboxes=True)
-    faces = [Face(np.asarray(b[:4], np.float64),
+    faces = [detection.Face(np.asarray(b[:4], np.float64),
                   float(b[4]) if len(b) > 4 else float('nan'),
                   np.asarray(l, np.float32)[:, :2])
              for l, b in zip(lms or [], boxes or [])]
     return sorted(faces, key=lambda f: -f.area)
 
-  def _detect_batch(self, frames: list[np.ndarray]) -> list[Landmarks | None]:
+  def _detect_batch(self, frames: list[np.ndarray]) -> list[detection.Landmarks | None]:
     batch = self._torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
     batch = batch.to(self.device)
     boxes = self._fa.face_detector.detect_from_batch(batch)

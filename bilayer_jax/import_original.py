@@ -1,6 +1,6 @@
 r"""Imports an original PyTorch run directory into a bilayer_jax params directory.
 
-    python -m bilayer_jax.tools.import_torch --run_dir runs/vc2-hq_adrianb_paper_main --epoch 2225 \
+    python -m bilayer_jax.import_original --run_dir runs/vc2-hq_adrianb_paper_main --epoch 2225 \
         [--enh_run_dir runs/vc2-hq_adrianb_paper_enhancer --enh_epoch 1225] --out params/official
 
 The configuration comes from the runs' args.txt, corrected by what the checkpoints' shapes say (harmonic

@@ -1,6 +1,6 @@
 r"""Runs imported original weights the way the original's infer.py does and writes its data dict.
 
-    python -m bilayer_jax.tools.parity --run_dir DIR --epoch N [--enh_run_dir DIR --enh_epoch M] \
+    python -m bilayer_jax.parity --run_dir DIR --epoch N [--enh_run_dir DIR --enh_epoch M] \
         --inputs inputs.npz --out outputs.npz
 
 Eval mode (stored BN statistics, stored spectral-norm u/v), `inf_apply_masks` and `enh_apply_masks` off,

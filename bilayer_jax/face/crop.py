@@ -16,7 +16,7 @@ exactly that rule:
 import numpy as np
 from PIL import Image
 
-from data_prep import images
+from bilayer_jax.face import images
 
 
 def crop_box(landmarks: np.ndarray) -> tuple[int, int, int]:
