@@ -75,8 +75,7 @@ def calibrated_variables(cfg):
   return {**gen_vars, **stats}, batch
 
 
-def main():
-  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
+def _parse_args():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--runs', type=int, default=30)
   parser.add_argument('--threads', type=int, default=os.cpu_count())
@@ -86,13 +85,122 @@ def main():
   parser.add_argument('--params', default=None,
                       help='bilayer_jax params directory (default: random paper-config weights)')
   parser.add_argument('--source', default=None, help='source photo (default: scikit-image astronaut)')
-  args = parser.parse_args()
+  return parser.parse_args()
+
+
+def _median_seconds(fn, repeats: int = 3) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _avatar_init_seconds(anim, source) -> dict:
+  """Median avatar set-up time in JAX, without and with the enhancer."""
+  init_s = {}
+  for enhance in (False, True)[:1 + anim.has_enhancer]:
+    anim.init_avatar(source, enhance=enhance)  # compile
+    name = 'avatar init' + (' + enhancer' if enhance else '')
+    init_s[name] = _median_seconds(lambda e=enhance: anim.init_avatar(source, enhance=e).texture.block_until_ready())
+  return init_s
+
+
+def _jax_rows(anim, avatar, net, pose) -> dict:
+  """Per-frame functions of JAX: the unfolded render and the folded network (two upsampling variants)."""
+  unfolded = lambda: anim._render_fn(anim.variables, avatar.as_dict(), pose)['imgs'].block_until_ready()  # pylint: disable=protected-access
+  arrays = {k: jax.device_put(v) for k, v in net.arrays.items()}
+  folded_fns = {lr: jax.jit(lambda p, lr=lr: folding.frame_forward(net.spec, arrays, p,
+                                                                   low_res_upsample_conv=lr)['image'])
+                for lr in (True, False)}
+  return {'JAX jit, unfolded': unfolded,
+          'JAX jit, folded': lambda: folded_fns[True](pose).block_until_ready(),
+          'JAX jit, folded (plain upsample)': lambda: folded_fns[False](pose).block_until_ready()}
+
+
+def _tflite_rows(net, poses, out_dir, threads, reference, lf_reference, table):
+  """Exports every TFLite quantisation (and a texture-free copy for the low-frequency PSNR); fills
+  `table` (quality, lf_quality, sizes) and returns the per-frame functions."""
+  lf_net = dataclasses.replace(net, arrays={**net.arrays, 'texture': np.zeros_like(net.arrays['texture'])})
+  fns = {}
+  for quantize in tflite_export.QUANTIZATIONS:
+    name = f'TFLite {quantize if quantize != "none" else "fp32"}'
+    for model, ref, column in ((net, reference, 'quality'), (lf_net, lf_reference, 'lf_quality')):
+      path = tflite_export.export_frame_model(
+          model, os.path.join(out_dir, f'frame_{quantize}{"" if model is net else "_lf"}.tflite'), quantize,
+          representative_poses=poses)
+      runner = tflite_export.LiteRunner(path, num_threads=threads)
+      images = np.concatenate([runner(poses[i:i + 1])[0] for i in range(len(poses))])
+      table[column][name] = export_cli.psnr(images, ref)
+      if model is net:
+        fns[name] = lambda runner=runner: runner(poses[:1])
+        table['sizes'][name] = os.path.getsize(path)
+  return fns
+
+
+def _torch_row(net, poses, out_dir, reference, table):
+  """The standalone PyTorch per-frame module: quality, TorchScript size, and its per-frame function."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.inference import torch_frame_net  # pylint: disable=g-import-not-at-top
+  module = torch_frame_net.FrameNet.from_folded(net)
+  with torch.no_grad():
+    images = np.concatenate([module(torch.from_numpy(poses[i:i + 1]))[0].permute(0, 2, 3, 1).numpy()
+                             for i in range(len(poses))])
+  table['quality']['PyTorch'] = export_cli.psnr(images, reference)
+  torch_path = os.path.join(out_dir, 'frame.pt')
+  torch.jit.save(torch.jit.script(module), torch_path)
+  table['sizes']['PyTorch'] = os.path.getsize(torch_path)
+  torch_pose = torch.from_numpy(poses[:1])
+
+  def torch_call():
+    with torch.no_grad():
+      module(torch_pose)
+  return {'PyTorch': torch_call}
+
+
+def _tflite_init_rows(anim, source, out_dir, threads, table):
+  """The avatar-init TFLite models: export time, size and median run time."""
+  init_inputs = (source.imgs[:, 0], source.segs[:, 0], source.stickmen[:, 0], source.poses[:, 0])
+  for enhance in (False, True)[:1 + anim.has_enhancer]:
+    name = 'TFLite avatar init' + (' + enhancer' if enhance else '') + ' fp32'
+    start = time.perf_counter()
+    init_path = tflite_export.export_init_model(
+        anim.cfg, anim.variables, os.path.join(out_dir, f'init{"_enhance" if enhance else ""}.tflite'),
+        enhance=enhance)
+    table['export_s'][name] = time.perf_counter() - start
+    table['sizes'][name] = os.path.getsize(init_path)
+    init_runner = tflite_export.LiteRunner(init_path, num_threads=threads)
+    init_runner(*init_inputs)  # allocation and first-run costs
+    table['init_s'][name] = _median_seconds(lambda r=init_runner: r(*init_inputs))
+
+
+def _print_tables(medians, baseline, label, table, uv_step_px, out_dir):
+  print(f'\n{"per-frame runtime":34s} {"ms":>8s} {label:>24s} {"PSNR vs JAX":>12s} {"LF PSNR":>8s} '
+        f'{"size MB":>8s}')
+  for name, seconds in medians.items():
+    psnr = f'{table["quality"][name]:.1f} dB' if name in table['quality'] else ''
+    lf_psnr = f'{table["lf_quality"][name]:.1f} dB' if name in table['lf_quality'] else ''
+    size = f'{table["sizes"][name] / 1e6:.2f}' if name in table['sizes'] else ''
+    print(f'{name:34s} {seconds * 1e3:8.1f} {seconds / baseline:23.2f}x {psnr:>12s} {lf_psnr:>8s} {size:>8s}')
+  print(f'warp field of this avatar: mean uv step between neighbouring pixels {uv_step_px:.2f} px '
+        '(the rougher, the more quantised uv errors cost; see README "int8 quality")')
+  print(f'\n{"per-avatar":34s} {"s":>8s}')
+  for name, seconds in table['init_s'].items():
+    print(f'{name:34s} {seconds:8.2f}')
+  print(f'\n{"per-avatar model":34s} {"MB":>8s} {"export s":>9s}')
+  for name, seconds in table['export_s'].items():
+    print(f'{name:34s} {table["sizes"][name] / 1e6:8.1f} {seconds:9.1f}')
+  print(f'files in {out_dir}')
+
+
+def main():
+  xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
+  args = _parse_args()
   out_dir = args.out_dir or tempfile.mkdtemp(prefix='bilayer_bench_')
   import skimage.data  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.inference import torch_frame_net  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
-
   if args.params:
     cfg, params_variables, _ = model_io.load_params(args.params)
     variables, batch = params_variables['generator'], forward_bench._inputs(cfg)  # pylint: disable=protected-access
@@ -105,99 +213,25 @@ def main():
                                preprocessor=preprocess.FacePreprocessor(cfg.image_size, landmarks='dlib'), chunk=1)
   photo = video.read_image(args.source) if args.source else skimage.data.astronaut()
   source = anim.preprocessor.source(photo, name=args.source or 'astronaut')
-  init_s, export_s = {}, {}
-  for enhance in (False, True)[:1 + anim.has_enhancer]:
-    anim.init_avatar(source, enhance=enhance)  # compile
-    name = 'avatar init' + (' + enhancer' if enhance else '')
-    times = []
-    for _ in range(3):
-      start = time.perf_counter()
-      anim.init_avatar(source, enhance=enhance).texture.block_until_ready()
-      times.append(time.perf_counter() - start)
-    init_s[name] = statistics.median(times)
+  table = {'quality': {}, 'lf_quality': {}, 'sizes': {}, 'init_s': _avatar_init_seconds(anim, source),
+           'export_s': {}}
   avatar = anim.init_avatar(source, enhance=False)
   net = anim.fold(avatar)
   poses = export_cli.driver_poses(anim, max_frames=60)
-  pose = poses[:1]
-
-  unfolded = lambda: anim._render_fn(anim.variables, avatar.as_dict(), pose)['imgs'].block_until_ready()  # pylint: disable=protected-access
-  arrays = {k: jax.device_put(v) for k, v in net.arrays.items()}
-  folded_fns = {lr: jax.jit(lambda p, lr=lr: folding.frame_forward(net.spec, arrays, p,
-                                                                   low_res_upsample_conv=lr)['image'])
-                for lr in (True, False)}
-  fns = {'JAX jit, unfolded': unfolded,
-         'JAX jit, folded': lambda: folded_fns[True](pose).block_until_ready(),
-         'JAX jit, folded (plain upsample)': lambda: folded_fns[False](pose).block_until_ready()}
   outputs = folding.frame_forward(net.spec, net.arrays, poses)
   reference, lf_reference = np.asarray(outputs['image']), np.asarray(outputs['lf'])
   uv_step_px = float(np.abs(np.diff(np.asarray(outputs['uv']), axis=2)).mean()) * cfg.image_size / 2
-  lf_net = dataclasses.replace(net, arrays={**net.arrays, 'texture': np.zeros_like(net.arrays['texture'])})
-  quality, lf_quality, sizes = {}, {}, {}
-  for quantize in tflite_export.QUANTIZATIONS:
-    name = f'TFLite {quantize if quantize != "none" else "fp32"}'
-    for model, ref, table in ((net, reference, quality), (lf_net, lf_reference, lf_quality)):
-      path = tflite_export.export_frame_model(
-          model, os.path.join(out_dir, f'frame_{quantize}{"" if model is net else "_lf"}.tflite'), quantize,
-          representative_poses=poses)
-      runner = tflite_export.LiteRunner(path, num_threads=args.threads)
-      images = np.concatenate([runner(poses[i:i + 1])[0] for i in range(len(poses))])
-      table[name] = export_cli.psnr(images, ref)
-      if model is net:
-        fns[name] = lambda runner=runner: runner(pose)
-        sizes[name] = os.path.getsize(path)
-  module = torch_frame_net.FrameNet.from_folded(net)
-  torch_pose = torch.from_numpy(pose)
-  with torch.no_grad():
-    images = np.concatenate([module(torch.from_numpy(poses[i:i + 1]))[0].permute(0, 2, 3, 1).numpy()
-                             for i in range(len(poses))])
-  quality['PyTorch'] = export_cli.psnr(images, reference)
-  torch_path = os.path.join(out_dir, 'frame.pt')
-  torch.jit.save(torch.jit.script(module), torch_path)
-  sizes['PyTorch'] = os.path.getsize(torch_path)
-
-  def torch_call():
-    with torch.no_grad():
-      module(torch_pose)
-  fns['PyTorch'] = torch_call
-  init_inputs = (source.imgs[:, 0], source.segs[:, 0], source.stickmen[:, 0], source.poses[:, 0])
-  for enhance in (False, True)[:1 + anim.has_enhancer]:
-    name = 'TFLite avatar init' + (' + enhancer' if enhance else '') + ' fp32'
-    start = time.perf_counter()
-    init_path = tflite_export.export_init_model(
-        cfg, anim.variables, os.path.join(out_dir, f'init{"_enhance" if enhance else ""}.tflite'), enhance=enhance)
-    export_s[name] = time.perf_counter() - start
-    sizes[name] = os.path.getsize(init_path)
-    init_runner = tflite_export.LiteRunner(init_path, num_threads=args.threads)
-    init_runner(*init_inputs)  # allocation and first-run costs
-    times = []
-    for _ in range(3):
-      start = time.perf_counter()
-      init_runner(*init_inputs)
-      times.append(time.perf_counter() - start)
-    init_s[name] = statistics.median(times)
-
+  fns = {**_jax_rows(anim, avatar, net, poses[:1]),
+         **_tflite_rows(net, poses, out_dir, args.threads, reference, lf_reference, table),
+         **_torch_row(net, poses, out_dir, reference, table)}
+  _tflite_init_rows(anim, source, out_dir, args.threads, table)
   if args.original_repo:
     fns['original PyTorch (this run)'] = forward_bench.bench_original(
         args.original_repo, cfg, {'generator': variables}, batch)['per-frame render']
   medians = _medians(fns, args.runs)
   baseline = medians.get('original PyTorch (this run)', ORIGINAL_PER_FRAME_S)
   label = 'vs original (this run)' if args.original_repo else 'vs original 50 ms @ 256^2'
-  print(f'\n{"per-frame runtime":34s} {"ms":>8s} {label:>24s} {"PSNR vs JAX":>12s} {"LF PSNR":>8s} '
-        f'{"size MB":>8s}')
-  for name, seconds in medians.items():
-    psnr = f'{quality[name]:.1f} dB' if name in quality else ''
-    lf_psnr = f'{lf_quality[name]:.1f} dB' if name in lf_quality else ''
-    size = f'{sizes[name] / 1e6:.2f}' if name in sizes else ''
-    print(f'{name:34s} {seconds * 1e3:8.1f} {seconds / baseline:23.2f}x {psnr:>12s} {lf_psnr:>8s} {size:>8s}')
-  print(f'warp field of this avatar: mean uv step between neighbouring pixels {uv_step_px:.2f} px '
-        '(the rougher, the more quantised uv errors cost; see README "int8 quality")')
-  print(f'\n{"per-avatar":34s} {"s":>8s}')
-  for name, seconds in init_s.items():
-    print(f'{name:34s} {seconds:8.2f}')
-  print(f'\n{"per-avatar model":34s} {"MB":>8s} {"export s":>9s}')
-  for name, seconds in export_s.items():
-    print(f'{name:34s} {sizes[name] / 1e6:8.1f} {seconds:9.1f}')
-  print(f'files in {out_dir}')
+  _print_tables(medians, baseline, label, table, uv_step_px, out_dir)
 
 
 if __name__ == '__main__':

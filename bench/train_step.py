@@ -5,7 +5,7 @@ r"""Training-step benchmark: steady-state step time, images/s, compile time, pea
 
 Each configuration runs in its own subprocess (so that peak RSS is its own) through the real pieces of a
 training run: `configs/*.py` -> StepConfig, host-side init, the jit-compiled train step of
-`bilayer_jax.train.step` on a mesh over all local devices with the state donated, fp32:
+`bilayer_jax.families.bilayer.objective` on a mesh over all local devices with the state donated, fp32:
   * paper: configs/paper_base.py (paper widths, 256^2, harmonics on, VGG19 + VGGFace perceptual loss with
     random weights of the real architectures: the FLOPs are those of the real loss), batch 1;
   * paper_released: the same with `train.train_discriminator=False`, the work the RELEASED original does
@@ -77,8 +77,9 @@ def _measure(name: str, steps: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from bilayer_jax.convert import perceptual as perceptual_io  # pylint: disable=g-import-not-at-top
   from bilayer_jax.models import vgg  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.train import setup, sharding  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.families.bilayer import setup  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.families.bilayer import objective as step_lib  # pylint: disable=g-import-not-at-top
   from configs import demo, paper_base  # pylint: disable=g-import-not-at-top
 
   paper = name.startswith('paper')

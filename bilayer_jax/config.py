@@ -11,6 +11,7 @@ the shorter `--config.networks_to_train=a,b` reaches us as the one-element tuple
 into its names.
 
 Sections:
+  family                the model family (`bilayer_jax.families`); it decides the type of `model`
   stage                 'base' (4 networks + discriminator), 'enhancer' (texture_enhancer + discriminator)
                         or 'both' (base, then enhancer initialised from it)
   model.*               architecture, named as the original's arguments (bilayer_jax.models.config)
@@ -31,7 +32,7 @@ Sections:
 import dataclasses
 import json
 import typing
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import ml_collections
 
@@ -41,6 +42,11 @@ from bilayer_jax.models.config import BASE_NETWORKS, BilayerConfig, NETWORK_NAME
 
 class ConfigError(errors.UserError, ValueError):
   """One or more config fields hold values the run cannot use; the message names each field."""
+
+
+# The architecture dataclass of each model family: the type of the config's `model` section (the rest of a
+# family lives in bilayer_jax.families, which must list the same names).
+MODEL_CONFIGS = {'bilayer': BilayerConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,10 +157,11 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """A whole run (see the module docstring for the sections). Defaults: the paper's base stage."""
+  """A whole run (see the module docstring for the sections). Defaults: the bi-layer paper's base stage."""
+  family: str = 'bilayer'
   stage: str = 'base'
   seed: int = 0
-  model: BilayerConfig = BilayerConfig()
+  model: Any = BilayerConfig()  # MODEL_CONFIGS[family]
   data: DataConfig = DataConfig()
   batch_size: int = 40  # global (the original: 8 GPUs x 5)
   num_steps: int = 1_000_000
@@ -202,6 +209,21 @@ def from_config_dict(config: Any) -> RunConfig:
   return result
 
 
+def model_config_from_dict(family: str, fields: Mapping[str, Any]) -> Any:
+  """The architecture dataclass of `family` from its fields (e.g. a params directory's config.json).
+
+  Raises:
+    ConfigError: an unknown family, or fields that do not fit its dataclass.
+  """
+  if family not in MODEL_CONFIGS:
+    raise ConfigError(f'family {family!r}: expected one of {", ".join(sorted(MODEL_CONFIGS))}')
+  problems: List[str] = []
+  result = _build(MODEL_CONFIGS[family], dict(fields), 'model', problems)
+  if problems:
+    raise ConfigError('; '.join(problems))
+  return result
+
+
 def _to_mapping(value: Any) -> Any:
   return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
 
@@ -211,6 +233,12 @@ def _build(cls, fields: Any, where: str, problems: List[str]) -> Any:
     problems.append(f'{where}={fields!r}: expected a section with the fields of {cls.__name__}')
     return None
   types = typing.get_type_hints(cls)
+  if cls is RunConfig:
+    family = fields.get('family', RunConfig.family)
+    if family not in MODEL_CONFIGS:
+      problems.append(f'{where}.family={family!r}: expected one of {", ".join(sorted(MODEL_CONFIGS))}')
+      return None
+    types['model'] = MODEL_CONFIGS[family]
   unknown = sorted(set(fields) - set(types))
   problems.extend(f'{where}.{name}: no such field' for name in unknown)
   kwargs = {}

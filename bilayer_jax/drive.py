@@ -22,10 +22,10 @@ import numpy as np
 import tqdm.auto
 
 from bilayer_jax import cli
+from bilayer_jax import families
 from bilayer_jax import xla_cpu
 from bilayer_jax.face import images
 from bilayer_jax.face import landmarks as landmarks_lib
-from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import preprocess
 from bilayer_jax.inference import video
 
@@ -73,7 +73,7 @@ def _avatar(params: str, photo: np.ndarray, source: str, timings: dict, *, enhan
             segmentation: str, detector: str, chunk: int, face_index, face_box):
   """(animator, preprocessed source, avatar) with the per-frame function compiled; fills `timings`."""
   start = time.perf_counter()
-  anim = animator_lib.Animator.from_params(params, chunk=chunk)
+  anim = families.animator_from_params(params, chunk=chunk)
   anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks, segmentation, detector=detector)
   timings['load'] = time.perf_counter() - start
   start = time.perf_counter()

@@ -34,16 +34,14 @@ from PIL import Image
 from bilayer_jax import cli
 from bilayer_jax import config as config_lib
 from bilayer_jax import errors
+from bilayer_jax import families
 from bilayer_jax import model_io
 from bilayer_jax import xla_cpu
 from bilayer_jax.evaluators import metrics as metrics_lib
 from bilayer_jax.evaluators import protocol
 from bilayer_jax.evaluators import report
-from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.train import checkpoints
 from bilayer_jax.train import config_checks
-from bilayer_jax.train import setup
-from bilayer_jax.train import step as step_lib
 
 
 def _stage_dirs(config, workdir: str):
@@ -63,8 +61,8 @@ def _latest_step(stage_dir: str) -> Optional[int]:
     manager.close()
 
 
-def _from_checkpoint(config, stage_dir: str, step: int) -> animator_lib.Animator:
-  """The generator of checkpoint `step` (full training state, restored as saved) as an Animator."""
+def _from_checkpoint(family, config, stage_dir: str, step: int):
+  """The generator of checkpoint `step` (full training state, restored as saved) as the family's animator."""
   manager = checkpoints.make_manager(stage_dir, keep=1_000_000)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
@@ -72,35 +70,35 @@ def _from_checkpoint(config, stage_dir: str, step: int) -> animator_lib.Animator
   finally:
     manager.close()
   stage = restored['meta'].get('stage', 'base')
-  variables = jax.device_get(step_lib.model_variables(restored['state'])['generator'])
-  return animator_lib.Animator(setup.step_config(config, stage).model, variables)
+  variables = jax.device_get(family.training.model_variables(restored['state'])['generator'])
+  return family.animator(family.training.step_config(config, stage).model, variables)
 
 
-def load_animator(config, workdir: str) -> Tuple[animator_lib.Animator, str]:
-  """The model to evaluate (see module docstring) as an inference Animator, and where it came from.
+def load_animator(config, workdir: str) -> Tuple[Any, str]:
+  """The model to evaluate (see module docstring) as the family's animator, and where it came from.
 
   In a workdir, the newest of the latest checkpoint and params/ wins; params/ (written at the end of a
   stage, from the same state as its last checkpoint) is preferred at equal steps: it loads without the
   optimiser state and on any number of hosts.
   """
-  ev = config.eval
+  family, ev = families.get(config.family), config.eval
   if ev.params:
     if (pathlib.Path(ev.params) / 'args.txt').is_file():
       if not ev.original_epoch:
         raise errors.InvalidArgumentError(
             f'eval.params={ev.params} is an original run directory: set eval.original_epoch')
-      animator = animator_lib.Animator.from_original_run(
+      cfg, variables, _ = family.converters['original'].import_run(
           ev.params, ev.original_epoch, ev.original_enh_run_dir or None, ev.original_enh_epoch or None)
-      return animator, f'original run {ev.params} epoch {ev.original_epoch}'
-    return animator_lib.Animator.from_params(ev.params), f'params {ev.params}'
+      return family.animator(cfg, variables['generator']), f'original run {ev.params} epoch {ev.original_epoch}'
+    return family.animator_from_params(ev.params), f'params {ev.params}'
   for stage_dir in _stage_dirs(config, workdir):
     step = _latest_step(stage_dir)
     params_dir = pathlib.Path(stage_dir) / 'params'
     params_step = model_io.load_config(params_dir)[1]['metadata'].get('step', -1) if params_dir.is_dir() else None
     if params_step is not None and (step is None or params_step >= step):
-      return animator_lib.Animator.from_params(str(params_dir)), f'{params_dir} (step {params_step})'
+      return family.animator_from_params(str(params_dir)), f'{params_dir} (step {params_step})'
     if step is not None:
-      return _from_checkpoint(config, stage_dir, step), f'{stage_dir} checkpoint step {step}'
+      return _from_checkpoint(family, config, stage_dir, step), f'{stage_dir} checkpoint step {step}'
   raise model_io.ParamsDirError(f'nothing to evaluate: {workdir} has no checkpoint or params, and eval.params is '
                                 'not set')
 

@@ -96,10 +96,10 @@ def driver_poses(anim, driver=None, max_frames: int = 120,
 def load_avatar(params: str, source: str, enhance=None, landmarks: str = 'auto', detector: str = 'hog',
                 face_index=None, face_box=None):
   """(animator, preprocessed source, avatar) of the photo at `source` with the model in `params`."""
-  from bilayer_jax.inference import animator as animator_lib  # pylint: disable=g-import-not-at-top
+  from bilayer_jax import families  # pylint: disable=g-import-not-at-top
   from bilayer_jax.inference import video  # pylint: disable=g-import-not-at-top
   photo = video.read_image(source)
-  anim = animator_lib.Animator.from_params(params)
+  anim = families.animator_from_params(params)
   anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks, detector=detector)
   inputs = anim.preprocessor.source(photo, name=source, face_index=face_index, face_box=face_box)
   return anim, inputs, anim.init_avatar(inputs, enhance=enhance)
@@ -149,24 +149,12 @@ def compare(images: np.ndarray, reference: np.ndarray) -> dict:
 def export_original(params_dir: str, out_dir: str, epoch: str, enh_out_dir: str = None, enh_epoch: str = '1'):
   """Writes the original's run layout for a params directory: the base run into `out_dir` (base networks, and
   the discriminator if present) and, with `enh_out_dir`, the enhancer run (see module docstring)."""
+  from bilayer_jax import families  # pylint: disable=g-import-not-at-top
   from bilayer_jax import model_io  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.convert import original  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.models import config as model_config  # pylint: disable=g-import-not-at-top
   cfg, variables, info = model_io.load_params(params_dir)
-  networks = model_io.networks_in(variables)
-  metadata = info.get('metadata', {})
-  base_nets = [n for n in model_config.BASE_NETWORKS if n in networks]
-  missing = sorted(set(model_config.BASE_NETWORKS) - set(base_nets))
-  if missing:
-    raise original.RunDirError(f'{params_dir}: cannot write a base run without {missing}')
-  disc = ['discriminator'] if 'discriminator' in networks else []
-  original.export_run(out_dir, epoch, cfg, variables, base_nets + disc,
-                      args=metadata.get('base_args') or None, stage='base')
-  if enh_out_dir:
-    if 'texture_enhancer' not in networks:
-      raise original.RunDirError(f'{params_dir} has no texture_enhancer to write an enhancer run')
-    original.export_run(enh_out_dir, enh_epoch, cfg, variables, ['texture_enhancer'] + disc,
-                        args=metadata.get('enh_args') or None, stage='enhancer')
+  converter = families.get(info['family']).converters['original']
+  converter.export_run(out_dir, epoch, cfg, variables, info.get('metadata', {}), enh_out_dir, enh_epoch,
+                       source=params_dir)
 
 
 def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none', with_init: bool = False,

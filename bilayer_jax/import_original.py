@@ -14,7 +14,6 @@ from absl import flags
 from bilayer_jax import cli
 from bilayer_jax import model_io
 from bilayer_jax import xla_cpu
-from bilayer_jax.convert import original
 
 FLAGS = flags.FLAGS
 
@@ -26,11 +25,14 @@ def _define_flags():
   flags.DEFINE_string('enh_run_dir', None, 'Enhancer run directory (optional).')
   flags.DEFINE_string('enh_epoch', None, 'Enhancer checkpoint epoch.')
   flags.DEFINE_string('out', None, 'Output params directory (must not exist).')
+  flags.DEFINE_string('family', 'bilayer', 'Model family whose reference implementation wrote the run.')
 
 
-def import_run(run_dir, epoch, enh_run_dir=None, enh_epoch=None, out=None):
+def import_run(run_dir, epoch, enh_run_dir=None, enh_epoch=None, out=None, family='bilayer'):
   """Imports the run(s) into the params directory `out` (must not exist); returns its path."""
-  cfg, variables, metadata = original.import_run(run_dir, epoch, enh_run_dir, enh_epoch)
+  from bilayer_jax import families  # pylint: disable=g-import-not-at-top
+  converter = families.get(family).converters['original']
+  cfg, variables, metadata = converter.import_run(run_dir, epoch, enh_run_dir, enh_epoch)
   metadata = {**metadata, 'imported_from': {'run_dir': str(run_dir), 'epoch': str(epoch),
                                             'enh_run_dir': enh_run_dir and str(enh_run_dir),
                                             'enh_epoch': enh_epoch and str(enh_epoch)}}
@@ -42,7 +44,7 @@ def import_run(run_dir, epoch, enh_run_dir=None, enh_epoch=None, out=None):
 def main(argv):
   del argv
   xla_cpu.configure()  # before JAX starts: bilayer_jax/xla_cpu.py
-  import_run(FLAGS.run_dir, FLAGS.epoch, FLAGS.enh_run_dir, FLAGS.enh_epoch, FLAGS.out)
+  import_run(FLAGS.run_dir, FLAGS.epoch, FLAGS.enh_run_dir, FLAGS.enh_epoch, FLAGS.out, FLAGS.family)
 
 
 if __name__ == '__main__':

@@ -2,8 +2,10 @@
 
 Layout of DIR:
   DIR/variables/    orbax checkpoint of {'generator': ..., 'discriminator': ...} variables
-  DIR/config.json   {'format': ..., 'bilayer_config': {...}, 'networks': [...], 'metadata': {...}}
+  DIR/config.json   {'format': ..., 'family': ..., 'model_config': {...}, 'networks': [...], 'metadata': {...}}
 This is what `bilayer_jax.import_original` writes and what training (`init_from`) and inference load.
+`family` names the model family (`bilayer_jax.families`) and `model_config` its architecture dataclass.
+Directories of the first format (before families: 'bilayer_config', no 'family') still load, as bi-layer.
 """
 
 import dataclasses
@@ -18,10 +20,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bilayer_jax import config as config_lib
 from bilayer_jax import errors
-from bilayer_jax.models.config import BilayerConfig, NETWORK_NAMES
 
-FORMAT = 'bilayer_jax.params/1'
+FORMAT = 'bilayer_jax.params/2'
+_FIRST_FORMAT = 'bilayer_jax.params/1'  # bi-layer only: 'bilayer_config' instead of 'family' + 'model_config'
 
 
 class ParamsDirError(errors.UserError, ValueError):
@@ -29,11 +32,17 @@ class ParamsDirError(errors.UserError, ValueError):
 
 
 def networks_in(variables: Mapping[str, Any]) -> list:
-  """Names of the networks present in combined variables."""
-  present = list(variables.get('generator', {}).get('params', {}))
-  if 'discriminator' in variables:
-    present.append('discriminator')
-  return [n for n in NETWORK_NAMES if n in present]
+  """Names of the networks present in combined variables (the generator side's, then the discriminator)."""
+  return list(variables.get('generator', {}).get('params', {})) + (
+      ['discriminator'] if 'discriminator' in variables else [])
+
+
+def family_of(cfg: Any) -> str:
+  """The model family whose architecture dataclass `cfg` is."""
+  for name, config_type in config_lib.MODEL_CONFIGS.items():
+    if isinstance(cfg, config_type):
+      return name
+  raise TypeError(f'{type(cfg).__name__} is the architecture of no model family')
 
 
 def checked_array(state: Mapping[str, Any], key: str, shape: Tuple[int, ...], problems: list):
@@ -67,7 +76,7 @@ def _this_process_checkpointer() -> ocp.StandardCheckpointer:
       multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
 
 
-def save_params(directory: os.PathLike, cfg: BilayerConfig, variables: Mapping[str, Any],
+def save_params(directory: os.PathLike, cfg: Any, variables: Mapping[str, Any],
                 metadata: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
   """Writes a params directory; the directory only appears once complete (temp dir, then rename)."""
   directory = pathlib.Path(directory).absolute()
@@ -79,7 +88,7 @@ def save_params(directory: os.PathLike, cfg: BilayerConfig, variables: Mapping[s
     checkpointer = _this_process_checkpointer()
     checkpointer.save(tmp / 'variables', jax.device_get(dict(variables)))
     checkpointer.wait_until_finished()
-    info = {'format': FORMAT, 'bilayer_config': dataclasses.asdict(cfg),
+    info = {'format': FORMAT, 'family': family_of(cfg), 'model_config': dataclasses.asdict(cfg),
             'networks': networks_in(variables), 'metadata': dict(metadata or {})}
     (tmp / 'config.json').write_text(json.dumps(info, indent=1, sort_keys=True, default=str))
     os.replace(tmp, directory)
@@ -89,7 +98,7 @@ def save_params(directory: os.PathLike, cfg: BilayerConfig, variables: Mapping[s
   return directory
 
 
-def replace_params(directory: os.PathLike, cfg: BilayerConfig, variables: Mapping[str, Any],
+def replace_params(directory: os.PathLike, cfg: Any, variables: Mapping[str, Any],
                    metadata: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
   """Writes a params directory over an existing one: the new one is complete before the old one goes
   (DIR.new is written, DIR moved to DIR.old, DIR.new to DIR, DIR.old removed)."""
@@ -111,20 +120,24 @@ def replace_params(directory: os.PathLike, cfg: BilayerConfig, variables: Mappin
   return final
 
 
-def load_config(directory: os.PathLike) -> Tuple[BilayerConfig, Dict[str, Any]]:
-  """Reads only the architecture and the info of a params directory."""
+def load_config(directory: os.PathLike) -> Tuple[Any, Dict[str, Any]]:
+  """Reads only the architecture (the family's dataclass) and the info of a params directory; info['family']
+  names the family."""
   path = pathlib.Path(directory) / 'config.json'
   if not path.is_file():
     raise ParamsDirError(f'{directory} is not a bilayer_jax params directory (no config.json)')
   info = json.loads(path.read_text())
+  if info.get('format') == _FIRST_FORMAT:
+    info = {**info, 'format': FORMAT, 'family': 'bilayer', 'model_config': info.pop('bilayer_config')}
   if info.get('format') != FORMAT:
     raise ParamsDirError(f'{path}: format {info.get("format")!r}, expected {FORMAT!r}')
-  fields = dict(info['bilayer_config'])
-  fields['spn_networks'] = tuple(fields['spn_networks'])
-  return BilayerConfig(**fields), info
+  try:
+    return config_lib.model_config_from_dict(info['family'], info['model_config']), info
+  except config_lib.ConfigError as e:
+    raise ParamsDirError(f'{path}: {e}') from e
 
 
-def load_params(directory: os.PathLike) -> Tuple[BilayerConfig, Dict[str, Any], Dict[str, Any]]:
+def load_params(directory: os.PathLike) -> Tuple[Any, Dict[str, Any], Dict[str, Any]]:
   """Returns (config, variables, info) of a params directory (arrays on the default device)."""
   cfg, info = load_config(directory)
   path = pathlib.Path(directory).absolute() / 'variables'

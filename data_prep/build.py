@@ -35,7 +35,6 @@ it). The summary counts, per split, the videos kept, the examples written
 (longer videos give several) and the videos skipped, by reason.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import glob
@@ -45,6 +44,9 @@ import pathlib
 import re
 import shlex
 import shutil
+import sys
+
+from absl import flags
 
 from bilayer_jax import cli
 from bilayer_jax import errors
@@ -304,41 +306,50 @@ def _attribute_docs(cls) -> dict[str, str]:
   return docs
 
 
-def _parse(argv):
-  defaults = process.Options()
-  p = argparse.ArgumentParser(
-      description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog=__doc__.split('\n\n', 1)[1])
-  p.add_argument('--input', help='input folder or glob (not for --demo)')
-  p.add_argument('--data_dir', required=True, help='tfds data_dir')
-  p.add_argument('--name', default=None, help='config name (dataset '
-                 f'{_DATASET}/NAME); default: input folder name')
-  p.add_argument('--source', choices=('videos', 'original'), default='videos')
-  p.add_argument('--demo', action='store_true',
-                 help='build the built-in demo dataset (carphone clip)')
+_FLAG_DEFINERS = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+                  str: flags.DEFINE_string}
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+  """The command line's flags, on a private FlagValues (main() can then run more than once in a process)."""
+  flags.DEFINE_string('input', None, 'input folder or glob (not for --demo)', flag_values=fv)
+  flags.DEFINE_string('data_dir', None, 'tfds data_dir', flag_values=fv)
+  flags.DEFINE_string('name', None, f'config name (dataset {_DATASET}/NAME); default: input folder name',
+                      flag_values=fv)
+  flags.DEFINE_enum('source', 'videos', ['videos', 'original'], 'input layout', flag_values=fv)
+  flags.DEFINE_bool('demo', False, 'build the built-in demo dataset (carphone clip)', flag_values=fv)
   helps = _attribute_docs(process.Options)
   for field in dataclasses.fields(process.Options):
-    p.add_argument(f'--{field.name}', type=type(field.default),
-                   default=getattr(defaults, field.name),
-                   help=f'{helps.get(field.name, "")} (default: %(default)s)')
-  p.add_argument('--test_fraction', type=float, default=0.05)
-  p.add_argument('--frames_per_example', type=int, default=32,
-                 help='split longer videos into examples spanning the video')
-  p.add_argument('--workers', type=int, default=None,
-                 help='processes (default: all cores)')
-  p.add_argument('--work_dir', default=None)
-  p.add_argument('--num_shards', type=int, default=None)
-  p.add_argument('--beam', action='store_true', help='run on Apache Beam')
-  p.add_argument('--beam_options', default='',
-                 help="e.g. '--runner=DirectRunner --direct_num_workers=8'")
-  p.add_argument('--overwrite', action='store_true')
-  p.add_argument('--retry_skipped', action='store_true')
-  p.add_argument('--no_progress', action='store_true')
-  args = p.parse_args(argv)
-  if not args.demo and not args.input:
-    p.error('--input is required unless --demo')
-  return args
+    _FLAG_DEFINERS[type(field.default)](field.name, field.default, helps.get(field.name, ''), flag_values=fv)
+  flags.DEFINE_float('test_fraction', 0.05, 'share of identities hashed into the test split', flag_values=fv)
+  flags.DEFINE_integer('frames_per_example', 32, 'split longer videos into examples spanning the video',
+                       flag_values=fv)
+  flags.DEFINE_integer('workers', None, 'processes (default: all cores)', flag_values=fv)
+  flags.DEFINE_string('work_dir', None, 'folder of the per-video work files', flag_values=fv)
+  flags.DEFINE_integer('num_shards', None, 'TFRecord files per split', flag_values=fv)
+  flags.DEFINE_bool('beam', False, 'run on Apache Beam', flag_values=fv)
+  flags.DEFINE_string('beam_options', '', "e.g. '--runner=DirectRunner --direct_num_workers=8'", flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, 'rebuild an existing dataset', flag_values=fv)
+  flags.DEFINE_bool('retry_skipped', False, 'process videos skipped by an earlier build again', flag_values=fv)
+  flags.DEFINE_bool('no_progress', False, 'no progress bar', flag_values=fv)
+
+
+def _parse(argv):
+  """argv (without the program name) -> the parsed flags; bad flags are a one-line user error."""
+  fv = flags.FlagValues()
+  _define_flags(fv)
+  if '--help' in argv or '-h' in argv:
+    print(__doc__ + '\n' + fv.get_help())
+    sys.exit(0)
+  try:
+    fv(['data_prep.build', *argv])
+  except flags.Error as e:
+    raise errors.InvalidArgumentError(str(e)) from e
+  if not fv.data_dir:
+    raise errors.InvalidArgumentError('--data_dir is required')
+  if not fv.demo and not fv.input:
+    raise errors.InvalidArgumentError('--input is required unless --demo')
+  return fv
 
 
 def _config(args):
@@ -385,8 +396,9 @@ def _split_lines(info) -> list[str]:
 
 
 def main(argv=None) -> None:
-  """The command line; bad inputs raise errors.UserError (see __main__)."""
-  args = _parse(argv)
+  """The command line (`argv` without the program name; default sys.argv[1:]); bad inputs raise
+  errors.UserError, printed as one line by __main__."""
+  args = _parse(sys.argv[1:] if argv is None else list(argv))
   config, manual_dir = _config(args)
   builder = build_dataset(
       config, args.data_dir, manual_dir, work_dir=args.work_dir,

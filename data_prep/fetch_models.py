@@ -5,8 +5,8 @@ The person-segmentation model is MediaPipe's selfie segmentation network
 cannot be installed next to numpy 2, so we take the ``.tflite`` out of that
 release's wheel, fetched from the package registry (``pip download --no-deps``,
 no install), and run it with ai-edge-litert. Nothing is fetched at run time:
-code that needs a model calls :func:`model_path`, which raises
-:class:`ModelNotFoundError` naming the setup command when the file is missing.
+code that needs a model calls ``bilayer_jax.face.model_files.model_path``, which
+raises ``ModelNotFoundError`` naming this command when the file is missing.
 
 Usage::
 
@@ -14,7 +14,6 @@ Usage::
   python -m data_prep.fetch_models --wheel mediapipe-0.10.21-*.whl  # offline
 """
 
-import argparse
 import hashlib
 import os
 import pathlib
@@ -23,7 +22,10 @@ import sys
 import tempfile
 import zipfile
 
+from absl import flags
+
 from bilayer_jax import cli
+from bilayer_jax import errors
 from bilayer_jax.face import model_files
 
 # Wheels of the same release are identical in their model files; when no
@@ -77,16 +79,28 @@ def fetch(name: str, directory: os.PathLike | None = None,
                    directory)
 
 
+def _parse(argv) -> flags.FlagValues:
+  """argv (without the program name) -> parsed flags on a private FlagValues; bad flags are a user error."""
+  fv = flags.FlagValues()
+  flags.DEFINE_list('models', sorted(model_files.MODELS), 'models to fetch', flag_values=fv)
+  flags.DEFINE_string('cache_dir', None, f'target folder (default: {model_files.models_dir()})', flag_values=fv)
+  flags.DEFINE_string('wheel', None, 'use an already downloaded wheel (offline)', flag_values=fv)
+  if '--help' in argv or '-h' in argv:
+    print(__doc__ + '\n' + fv.get_help())
+    sys.exit(0)
+  try:
+    fv(['data_prep.fetch_models', *argv])
+  except flags.Error as e:
+    raise errors.InvalidArgumentError(str(e)) from e
+  unknown = sorted(set(fv.models) - set(model_files.MODELS))
+  if unknown:
+    raise errors.InvalidArgumentError(f'--models: unknown {unknown}; known: {", ".join(sorted(model_files.MODELS))}')
+  return fv
+
+
 @cli.user_errors_as_one_line
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--models', nargs='*', default=sorted(model_files.MODELS),
-                      choices=sorted(model_files.MODELS))
-  parser.add_argument('--cache_dir', default=None,
-                      help=f'target folder (default: {model_files.models_dir()})')
-  parser.add_argument('--wheel', default=None,
-                      help='use an already downloaded wheel (offline)')
-  args = parser.parse_args(argv)
+  args = _parse(sys.argv[1:] if argv is None else list(argv))
   for name in args.models:
     path = fetch(name, args.cache_dir, args.wheel)
     print(f'{name}: {path} ({model_files.MODELS[name].license})')

@@ -47,14 +47,17 @@ def main(port, num_processes, process_id, data_dir, workdir, out_path):
 def _restore_after_corruption(config, workdir):
   """(step restored, sorted checkpoint folder names) after process 0 truncated step 4's largest data file."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.train import checkpoints, fallback, setup, sharding, stage_setup  # pylint: disable=g-import-not-at-top
+  from bilayer_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from bilayer_jax import families  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.train import checkpoints, fallback, sharding, stage_setup  # pylint: disable=g-import-not-at-top
   ckpts = pathlib.Path(workdir) / 'checkpoints'
   if jax.process_index() == 0:
     data = max((ckpts / '4' / 'state').glob('ocdbt.process_*/d/*'), key=lambda f: f.stat().st_size)
     os.truncate(data, data.stat().st_size // 2)
   multihost_utils.sync_global_devices('corrupted')
   mesh = sharding.make_mesh()
-  _, abstract, shardings = stage_setup.state_layout(config, setup.step_config(config, 'base'), mesh)
+  training, typed = families.get('bilayer').training, config_lib.from_config_dict(config)
+  _, abstract, shardings = stage_setup.state_layout(training, typed, training.step_config(typed, 'base'), mesh)
   manager = checkpoints.make_manager(workdir, keep=5)
   _, step = fallback.restore_latest_readable(manager, checkpoints.with_shardings(abstract, shardings))
   manager.close()

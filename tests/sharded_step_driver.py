@@ -16,9 +16,9 @@ import jax
 import numpy as np
 
 import train_utils  # pylint: disable=g-bad-import-order  (puts the repo on sys.path)
-from bilayer_jax.train import setup
+from bilayer_jax.families.bilayer import objective as step_lib
+from bilayer_jax.families.bilayer import setup
 from bilayer_jax.train import sharding
-from bilayer_jax.train import step as step_lib
 
 BATCH = 8
 

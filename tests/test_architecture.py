@@ -19,12 +19,15 @@ LAYERS = {
     'bilayer_jax.models': 1, 'bilayer_jax.losses': 1,
     'bilayer_jax.config': 2, 'bilayer_jax.model_io': 2, 'bilayer_jax.convert': 2, 'bilayer_jax.data': 2,
     'bilayer_jax.face': 2,
-    'bilayer_jax.train': 3, 'bilayer_jax.inference': 3, 'bilayer_jax.evaluators': 3,
+    'bilayer_jax.train': 3, 'bilayer_jax.inference': 3, 'bilayer_jax.evaluators': 3, 'bilayer_jax.families': 3,
     'bilayer_jax.evaluate': 4, 'bilayer_jax.drive': 4, 'bilayer_jax.export': 4,
     'bilayer_jax.import_original': 4, 'bilayer_jax.parity': 4,
     'bilayer_jax.colab': 4, 'data_prep': 4, 'configs': 4, 'run': 4, 'bench': 4,
 }
-LIBRARIES = ('bilayer_jax.train', 'bilayer_jax.inference', 'bilayer_jax.evaluators')
+LIBRARIES = ('bilayer_jax.train', 'bilayer_jax.inference', 'bilayer_jax.evaluators', 'bilayer_jax.families')
+# Shared code that reaches a model only through the family registry (`bilayer_jax.families` and its `base`).
+SHARED = ('bilayer_jax.train', 'bilayer_jax.evaluate', 'bilayer_jax.drive', 'bilayer_jax.export',
+          'bilayer_jax.import_original')
 # Within bilayer_jax, only entry points use the dataset tool, to build the demo dataset on demand as run.py
 # does (data_prep.demo.prepare): the evaluation command and the notebook workflows.
 DATA_PREP_USERS_IN_THE_PACKAGE = {('bilayer_jax.colab.workflows', 'data_prep.demo'),
@@ -49,13 +52,14 @@ def _modules():
 
 
 def _imports(tree):
-  """Own-package modules a module imports ('from a.b import c' counts as a.b.c when that is a module)."""
+  """Own-package modules a module imports ('from a.b import c' counts as a.b.c when that is a module or package)."""
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):
       names = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-      names = [f'{node.module}.{alias.name}' if (REPO / node.module.replace('.', '/') / f'{alias.name}.py').exists()
-               else node.module for alias in node.names]
+      folder = REPO / node.module.replace('.', '/')
+      names = [f'{node.module}.{alias.name}' if (folder / f'{alias.name}.py').exists()
+               or (folder / alias.name / '__init__.py').exists() else node.module for alias in node.names]
     else:
       continue
     yield from (n for n in names if n.split('.')[0] in OWN_PACKAGES)
@@ -81,3 +85,10 @@ def test_the_libraries_do_not_import_each_other_in_a_circle():
 def test_the_package_does_not_depend_on_the_dataset_tool():
   uses = {(a, b) for a, b in _edges() if a.startswith('bilayer_jax') and b.startswith('data_prep')}
   assert uses == DATA_PREP_USERS_IN_THE_PACKAGE
+
+
+def test_the_shared_code_reaches_models_only_through_the_families():
+  seam = ('bilayer_jax.families', 'bilayer_jax.families.base')
+  model_code = ('bilayer_jax.models', 'bilayer_jax.families.', 'bilayer_jax.convert.original')
+  direct = {(a, b) for a, b in _edges() if a.startswith(SHARED) and b not in seam and b.startswith(model_code)}
+  assert direct == set()

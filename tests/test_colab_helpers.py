@@ -16,8 +16,8 @@ from bilayer_jax.colab import install
 from bilayer_jax.colab import media
 from bilayer_jax.colab import runtime
 from bilayer_jax.colab import workflows
+from bilayer_jax.families.bilayer import setup
 from bilayer_jax.inference import video
-from bilayer_jax.train import setup
 
 import train_utils
 

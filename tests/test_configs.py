@@ -12,9 +12,9 @@ import pytest
 from ml_collections import config_flags
 
 from bilayer_jax import config as config_lib
+from bilayer_jax.families.bilayer import objective as step_lib
+from bilayer_jax.families.bilayer import setup
 from bilayer_jax.models.config import BASE_NETWORKS
-from bilayer_jax.train import setup
-from bilayer_jax.train import step as step_lib
 
 import train_utils
 from configs import demo, paper_base, paper_enhancer

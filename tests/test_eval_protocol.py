@@ -13,8 +13,8 @@ import pytest
 from bilayer_jax import evaluate as runner
 from bilayer_jax import model_io
 from bilayer_jax.evaluators import protocol
-from bilayer_jax.train import setup
-from bilayer_jax.train import step as step_lib
+from bilayer_jax.families.bilayer import objective as step_lib
+from bilayer_jax.families.bilayer import setup
 from configs import demo as demo_config
 from data_prep import demo
 

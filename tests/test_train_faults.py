@@ -9,10 +9,11 @@ import time
 
 import pytest
 
+from bilayer_jax import config as config_lib
 from bilayer_jax import errors
+from bilayer_jax import families
 from bilayer_jax.train import checkpoints
 from bilayer_jax.train import fallback
-from bilayer_jax.train import setup
 from bilayer_jax.train import sharding
 from bilayer_jax.train import stage_setup
 
@@ -41,8 +42,10 @@ def _files(directory):
 
 def _restore(config, workdir):
   """fallback.restore_latest_readable as the trainer calls it (no compilation needed)."""
-  cfg = setup.step_config(config, 'base')
-  _, abstract, shardings = stage_setup.state_layout(config, cfg, sharding.make_mesh())
+  training = families.get('bilayer').training
+  config = config_lib.from_config_dict(config)
+  _, abstract, shardings = stage_setup.state_layout(training, config, training.step_config(config, 'base'),
+                                                    sharding.make_mesh())
   manager = checkpoints.make_manager(str(workdir), keep=5)
   try:
     return fallback.restore_latest_readable(manager, checkpoints.with_shardings(abstract, shardings))

@@ -14,9 +14,9 @@ from bilayer_jax.convert import original
 from bilayer_jax import config as config_lib
 from bilayer_jax import parity
 from bilayer_jax.convert import torch_names
+from bilayer_jax.families.bilayer import objective as S
+from bilayer_jax.families.bilayer import setup
 from bilayer_jax.models.config import BASE_NETWORKS
-from bilayer_jax.train import setup
-from bilayer_jax.train import step as S
 
 import fixture_utils
 

@@ -264,3 +264,23 @@ def export_run(out_dir: os.PathLike, epoch: Any, cfg: BilayerConfig, variables: 
     sd = torch_names.variables_to_state_dict(network, cfg, jax.device_get(network_variables(variables, network)))
     save_state_dict(_checkpoint_path(out_dir, epoch, network), sd)
   _atomic_write(out_dir / 'args.txt', lambda tmp: pathlib.Path(tmp).write_text(format_args(args)))
+
+
+def export_runs(out_dir: os.PathLike, epoch: Any, cfg: BilayerConfig, variables: Mapping[str, Any],
+                metadata: Mapping[str, Any], enh_out_dir: Optional[os.PathLike] = None, enh_epoch: Any = 1,
+                source: str = 'the params') -> None:
+  """Writes the base run (the base networks, and the discriminator if present) into `out_dir` and, with
+  `enh_out_dir`, the enhancer run; imported parameters keep the args.txt they came with (`metadata`)."""
+  networks = list(variables.get('generator', {}).get('params', {})) + (
+      ['discriminator'] if 'discriminator' in variables else [])
+  missing = [n for n in BASE_NETWORKS if n not in networks]
+  if missing:
+    raise RunDirError(f'{source}: cannot write a base run without {missing}')
+  disc = ['discriminator'] if 'discriminator' in networks else []
+  export_run(out_dir, epoch, cfg, variables, list(BASE_NETWORKS) + disc, args=metadata.get('base_args') or None,
+             stage='base')
+  if enh_out_dir:
+    if 'texture_enhancer' not in networks:
+      raise RunDirError(f'{source} has no texture_enhancer to write an enhancer run')
+    export_run(enh_out_dir, enh_epoch, cfg, variables, ['texture_enhancer'] + disc,
+               args=metadata.get('enh_args') or None, stage='enhancer')

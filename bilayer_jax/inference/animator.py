@@ -93,13 +93,6 @@ class Animator:
     except model_io.ParamsDirError as e:
       raise model_io.ParamsDirError(f'{params_dir}: {e}') from e
 
-  @classmethod
-  def from_original_run(cls, run_dir: str, epoch: Any, enh_run_dir: Optional[str] = None,
-                        enh_epoch: Optional[Any] = None, **kwargs) -> 'Animator':
-    """Directly from the original's run directories (args.txt + checkpoints/<epoch>_<net>.pth)."""
-    cfg, variables, _ = original.import_run(run_dir, epoch, enh_run_dir, enh_epoch)
-    return cls(cfg, variables['generator'], **kwargs)
-
   # --- per avatar -------------------------------------------------------------------------------
   def init_avatar(self, photo: Union[np.ndarray, preprocess.SourceInputs], enhance: Optional[bool] = None,
                   face_index: Optional[int] = None, face_box: Optional[preprocess.FaceBox] = None) -> Avatar:

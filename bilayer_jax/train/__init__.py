@@ -1,4 +1,5 @@
-"""Training: the sharded train step (`step`), sharding, orbax checkpoints, the loop (`loop`).
+"""The shared trainer: sharding, orbax checkpoints, config checks, the loop (`loop`); a model family
+(`bilayer_jax.families`) supplies the step.
 
 `enable_compilation_cache` lives here, free of heavy imports, because run.py must call it before
 `jax.distributed.initialize()` (nothing may touch a JAX backend before that).

@@ -13,9 +13,9 @@ from typing import Any, Callable, List, Optional, Sequence
 import jax
 
 from bilayer_jax import config as config_lib
+from bilayer_jax import families
 from bilayer_jax.config import ConfigError
 from bilayer_jax.evaluators import metrics as metrics_lib
-from bilayer_jax.models.config import NETWORK_NAMES
 
 STAGES = ('base', 'enhancer', 'both')
 DTYPES = ('float32', 'bfloat16')
@@ -76,9 +76,9 @@ def _check_run(c: _Checker, num_devices: int) -> None:
                       '(the global batch is split evenly over them)')
   c.integer('num_steps', 0)
   c.integer('enhancer_num_steps', 0)
-  c.expect('networks_to_train', lambda v: v and set(v) <= set(NETWORK_NAMES),
-           f'names from {", ".join(NETWORK_NAMES)}')
-  for net in NETWORK_NAMES:
+  networks = families.get(c.value('family')).networks
+  c.expect('networks_to_train', lambda v: v and set(v) <= set(networks), f'names from {", ".join(networks)}')
+  for net in networks:
     c.positive(f'optim.lrs.{net}')
   c.expect('optim.b1', lambda v: 0 <= float(v) < 1, 'a number in [0, 1)')
   c.expect('optim.b2', lambda v: 0 <= float(v) < 1, 'a number in [0, 1)')
@@ -111,8 +111,8 @@ def _check_loss_and_train(c: _Checker) -> None:
   c.integer('mesh.fsdp_min_size', 0)
   if c.value('standing_stats.enabled'):
     c.integer('standing_stats.num_batches', 1)
-    c.expect('standing_stats.networks', lambda v: set(v) <= set(NETWORK_NAMES),
-             f'names from {", ".join(NETWORK_NAMES)}')
+    networks = families.get(c.value('family')).networks
+    c.expect('standing_stats.networks', lambda v: set(v) <= set(networks), f'names from {", ".join(networks)}')
 
 
 def _check_log_and_eval(c: _Checker) -> None:

@@ -28,15 +28,13 @@ import orbax.checkpoint as ocp
 import tqdm.auto
 
 from bilayer_jax import config as config_lib
+from bilayer_jax import families
 from bilayer_jax import model_io
 from bilayer_jax.data import input_pipeline
 from bilayer_jax.train import checkpoints
 from bilayer_jax.train import config_checks
-from bilayer_jax.train import evaluation
-from bilayer_jax.train import setup
 from bilayer_jax.train import sharding
 from bilayer_jax.train import stage_setup
-from bilayer_jax.train import step as step_lib
 
 
 # Shown next to the progress bar (config.log.progress_bar).
@@ -118,87 +116,61 @@ def _check_finite(metrics: Dict[str, Any], step: int) -> None:
                          '(the last checkpoint stays valid). Lower the learning rates or use float32.')
 
 
-def _merge_init_params(cfg: step_lib.StepConfig, state, variables: Dict[str, Any], source: str = 'init_from'):
-  """Copies the networks present in imported variables into a fresh state (params and statistics)."""
-  params, model_state = dict(state['params']), {k: dict(v) for k, v in state['model_state'].items()}
-  gen_params = dict(params['generator'])
-  for collection, tree in variables.get('generator', {}).items():
-    for net, value in tree.items():
-      if net not in gen_params:
-        continue
-      current = gen_params[net] if collection == 'params' else state['model_state']['generator'].get(
-          collection, {}).get(net)
-      if current is not None:
-        model_io.check_shapes(current, value, f'{source}: generator/{collection}/{net}')
-      if collection == 'params':
-        gen_params[net] = value
-      else:
-        model_state['generator'].setdefault(collection, {})
-        model_state['generator'][collection] = {**model_state['generator'][collection], net: value}
-  params['generator'] = gen_params
-  if 'discriminator' in variables:
-    model_io.check_shapes(params['discriminator'], variables['discriminator']['params'],
-                          f'{source}: discriminator/params')
-    params['discriminator'] = variables['discriminator']['params']
-    model_state['discriminator'] = {k: v for k, v in variables['discriminator'].items() if k != 'params'}
-  merged = {**state, 'params': params, 'model_state': model_state}
-  # Optimiser states start fresh for the (new) parameters.
-  return step_lib.init_state(cfg, step_lib.model_variables(merged)) | {'step': state['step']}
-
-
 def _barrier(name: str, timeout_s: int = 3600) -> None:
   """Waits until every process gets here (the coordination service's barrier, not a device collective)."""
   if jax.process_count() > 1:
     ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
 
 
-def _write_params(workdir: str, cfg: step_lib.StepConfig, state, config, replicated) -> None:
+def _write_params(ctx: '_Stage', state) -> None:
   """WORKDIR/params: the model variables as a params directory (replaced atomically), written by process 0.
 
   Every process must call this: gathering (FSDP-)sharded variables onto each host is a collective.
   """
-  gathered = jax.jit(step_lib.model_variables, out_shardings=replicated)(state)
+  gathered = jax.jit(ctx.training.model_variables, out_shardings=ctx.repl)(state)
   variables = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), gathered)
   if jax.process_index() == 0:
-    metadata = {'trained_by': 'bilayer_jax', 'stage': cfg.stage, 'step': int(state['step']),
-                'config': config_lib.to_json(config)}
-    model_io.replace_params(pathlib.Path(workdir) / 'params', cfg.model, variables, metadata)
+    metadata = {'trained_by': 'bilayer_jax', 'stage': ctx.cfg.stage, 'step': int(state['step']),
+                'config': config_lib.to_json(ctx.config)}
+    model_io.replace_params(pathlib.Path(ctx.workdir) / 'params', ctx.cfg.model, variables, metadata)
 
 
 @dataclasses.dataclass
 class _Stage:
   """What one stage's loop runs with (built by `_prepare`)."""
   config: config_lib.RunConfig
-  cfg: step_lib.StepConfig
+  training: families.base.Training
+  cfg: Any  # the family's static step configuration
   workdir: str
   batch_sh: Any
   repl: Any
   state_sh: Any
   writer: Any
-  perceptual: Dict[str, Any]
+  frozen: Dict[str, Any]  # the frozen networks the losses use (e.g. perceptual nets)
   manager: Any
   fns: stage_setup.StageFunctions
 
 
-def _restore_or_init(config, cfg, manager, mesh, repl):
+def _restore_or_init(training, config, cfg, manager, mesh, repl):
   """(state, where it came from, its shardings): checkpoint, other run, init_from or fresh (checkpoints.py)."""
-  shapes, abstract_state, state_sh = stage_setup.state_layout(config, cfg, mesh)
+  shapes, abstract_state, state_sh = stage_setup.state_layout(training, config, cfg, mesh)
 
   def init():
     # Fresh variables are made on the host (every host the same, from the seed) and placed in their shards.
-    variables = jax.device_put(step_lib.init_variables(cfg, config.seed, shapes), repl)
-    return jax.jit(functools.partial(step_lib.init_state, cfg), out_shardings=state_sh)(variables)
+    variables = jax.device_put(training.init_variables(cfg, config.seed, shapes), repl)
+    return jax.jit(functools.partial(training.init_state, cfg), out_shardings=state_sh)(variables)
 
   def merge(state, variables):
-    return jax.device_put(_merge_init_params(cfg, state, variables, config.init_from), state_sh)
+    return jax.device_put(training.merge_init(cfg, state, variables, config.init_from), state_sh)
 
   state, source = checkpoints.restore_or_init(manager, config, abstract_state, state_sh, init, merge)
   return state, source, abstract_state, state_sh
 
 
 def _prepare(config: config_lib.RunConfig, workdir: str, stage: str):
-  """(_Stage, state, source): mesh, writer, perceptual nets, the restored state and the compiled functions."""
-  cfg = setup.step_config(config, stage)
+  """(_Stage, state, source): mesh, writer, frozen nets, the restored state and the compiled functions."""
+  training = families.get(config.family).training
+  cfg = training.step_config(config, stage)
   logging.info('process %d/%d, %d local / %d global devices (%s); stage %s trains %s',
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform, stage, ', '.join(cfg.networks_to_train))
@@ -206,12 +178,12 @@ def _prepare(config: config_lib.RunConfig, workdir: str, stage: str):
   sharding.check_batch_size(config.batch_size, mesh)
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
-  perceptual = jax.device_put(setup.perceptual_params(config, cfg), repl)
+  frozen = jax.device_put(training.frozen_params(config, cfg), repl)
   manager = checkpoints.make_manager(workdir, config.log.keep_checkpoints)
-  state, source, abstract_state, state_sh = _restore_or_init(config, cfg, manager, mesh, repl)
-  fns = stage_setup.compile_functions(config, cfg, abstract_state, state_sh, batch_sh, repl, perceptual)
+  state, source, abstract_state, state_sh = _restore_or_init(training, config, cfg, manager, mesh, repl)
+  fns = stage_setup.compile_functions(training, config, cfg, abstract_state, state_sh, batch_sh, repl, frozen)
   _barrier(f'bilayer_jax/compiled/{stage}/{int(state["step"])}')
-  stage_ctx = _Stage(config, cfg, workdir, batch_sh, repl, state_sh, writer, perceptual, manager, fns)
+  stage_ctx = _Stage(config, training, cfg, workdir, batch_sh, repl, state_sh, writer, frozen, manager, fns)
   return stage_ctx, state, source
 
 
@@ -242,7 +214,7 @@ def _with_standing_stats(ctx: _Stage, state, step: int):
   config = ctx.config
   batches = _batches(_dataset(config, config.data.train_split, _data_seed(config.seed, step, 1)), ctx.batch_sh)
   count = config.standing_stats.num_batches
-  new = evaluation.standing_statistics(ctx.fns.stats, state, (next(batches) for _ in range(count)),
+  new = ctx.training.standing_statistics(ctx.fns.stats, state, (next(batches) for _ in range(count)),
                                        ctx.fns.stats_networks)
   return jax.device_put(new, ctx.state_sh)
 
@@ -251,7 +223,7 @@ def _evaluate(ctx: _Stage, state, step: int) -> Dict[str, float]:
   """The periodic held-out evaluation: metrics and a sample grid to TensorBoard; returns the metrics."""
   config = ctx.config
   batches = _batches(_dataset(config, config.data.eval_split, config.seed, shuffle=False), ctx.batch_sh)
-  gen_vars = step_lib.model_variables(state)['generator']
+  gen_vars = ctx.training.model_variables(state)['generator']
   values, images = {}, None
   for _ in range(config.log.eval_batches):
     metrics, columns = ctx.fns.evaluate(gen_vars, next(batches), ctx.fns.lpips_vars)
@@ -260,7 +232,7 @@ def _evaluate(ctx: _Stage, state, step: int) -> Dict[str, float]:
     images = images if images is not None else columns
   summary = {f'eval/{k}': float(np.concatenate(v).mean()) for k, v in values.items()}
   ctx.writer.write_scalars(step, summary)
-  ctx.writer.write_images(step, {'eval/samples': evaluation.image_grid(images, config.log.num_images)[None]})
+  ctx.writer.write_images(step, {'eval/samples': ctx.training.image_grid(images, config.log.num_images)[None]})
   logging.info('eval at step %d: %s', step, summary)
   return summary
 
@@ -286,8 +258,8 @@ def _log_step(ctx: _Stage, step: int, num_steps: int, metrics, batch, state, rat
     ctx.writer.write_scalars(step, {**{k: float(v) for k, v in metrics.items()}, **rate.since_last(step)})
     bar.set_postfix({k.split('/')[-1]: f'{float(metrics[k]):.3g}' for k in _BAR_METRICS if k in metrics})
   if _due(step, log.image_every_steps):
-    _, columns = ctx.fns.evaluate(step_lib.model_variables(state)['generator'], batch, ctx.fns.lpips_vars)
-    ctx.writer.write_images(step, {'train/samples': evaluation.image_grid(columns, log.num_images)[None]})
+    _, columns = ctx.fns.evaluate(ctx.training.model_variables(state)['generator'], batch, ctx.fns.lpips_vars)
+    ctx.writer.write_images(step, {'train/samples': ctx.training.image_grid(columns, log.num_images)[None]})
 
 
 def _eval_and_checkpoint(ctx: _Stage, state, step: int, num_steps: int, preempted: bool, summary):
@@ -316,7 +288,7 @@ def _train(ctx: _Stage, state, start: int, num_steps: int, guard, summary):
     with metric_writers.ensure_flushes(ctx.writer):
       while step < num_steps:
         batch = next(train_iter)
-        state, metrics = ctx.fns.train_step(state, batch, ctx.perceptual)
+        state, metrics = ctx.fns.train_step(state, batch, ctx.frozen)
         step += 1
         metrics = jax.device_get(metrics)
         _check_finite(metrics, step)
@@ -352,5 +324,5 @@ def run_stage(config: config_lib.RunConfig, workdir: str, stage: str, num_steps:
   finally:
     ctx.manager.close()
   if summary['end_step'] >= num_steps:
-    _write_params(workdir, ctx.cfg, state, config, ctx.repl)
+    _write_params(ctx, state)
   return summary

@@ -7,7 +7,7 @@ its first collective long before the others would time out.
 import dataclasses
 import functools
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from absl import logging
 import jax
@@ -16,32 +16,15 @@ import jax.numpy as jnp
 from bilayer_jax import config as config_lib
 from bilayer_jax.evaluators import lpips as lpips_lib
 from bilayer_jax.evaluators import metrics as metrics_lib
+from bilayer_jax.families import base
 from bilayer_jax.train import checkpoints
-from bilayer_jax.train import evaluation
 from bilayer_jax.train import sharding
-from bilayer_jax.train import step as step_lib
 
 
-def dummy_batch(config: config_lib.RunConfig) -> Dict[str, jax.Array]:
-  """Zeros shaped like one global training batch (for shapes and compilation)."""
-  s, b = config.model.image_size, config.batch_size
-  n, t = config.data.num_source_frames, config.data.num_target_frames
-
-  def frames(count, channels):
-    return jnp.zeros((b, count, s, s, channels))
-
-  def poses(count):
-    return jnp.zeros((b, count, config.model.pse_in_channels))
-
-  return {'source_imgs': frames(n, 3), 'source_segs': frames(n, 1), 'source_stickmen': frames(n, 3),
-          'source_poses': poses(n), 'target_imgs': frames(t, 3), 'target_segs': frames(t, 1),
-          'target_stickmen': frames(t, 3), 'target_poses': poses(t)}
-
-
-def state_layout(config: config_lib.RunConfig, cfg: step_lib.StepConfig, mesh):
+def state_layout(training: base.Training, config: config_lib.RunConfig, cfg, mesh):
   """(variable shapes, abstract training state, its shardings) of one stage, without computing anything."""
-  shapes = step_lib.variable_shapes(cfg, dummy_batch(config))
-  abstract_state = jax.eval_shape(functools.partial(step_lib.init_state, cfg), shapes)
+  shapes = training.variable_shapes(cfg, training.dummy_batch(config))
+  abstract_state = jax.eval_shape(functools.partial(training.init_state, cfg), shapes)
   state_sh = sharding.state_shardings(abstract_state, mesh, config.mesh.fsdp, config.mesh.fsdp_min_size)
   return shapes, abstract_state, state_sh
 
@@ -51,7 +34,7 @@ class StageFunctions:
   """The compiled functions of one stage.
 
   Attributes:
-    train_step: (state, batch, perceptual params) -> (state, metrics); donates the state.
+    train_step: (state, batch, frozen params) -> (state, metrics); donates the state.
     stats: the standing-statistics pass (None when off or no network of this stage has BN in train mode).
     stats_networks: the networks whose BN statistics `stats` recomputes.
     evaluate: (generator variables, batch, LPIPS variables) -> (metrics, image columns).
@@ -72,26 +55,26 @@ def _abs_sum(tree):
   return sum(jnp.sum(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree))
 
 
-def compile_functions(config: config_lib.RunConfig, cfg: step_lib.StepConfig, abstract_state, state_sh,
-                      batch_sh, repl, perceptual) -> StageFunctions:
+def compile_functions(training: base.Training, config: config_lib.RunConfig, cfg, abstract_state, state_sh,
+                      batch_sh, repl, frozen) -> StageFunctions:
   """Lowers and compiles every function the stage's loop calls, for the given shardings."""
   start = time.time()
   abs_state = checkpoints.with_shardings(abstract_state, state_sh)
-  abs_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in dummy_batch(config).items()}
-  abs_gen = step_lib.model_variables(abs_state)['generator']
-  train_step = jax.jit(functools.partial(step_lib.train_step, cfg), in_shardings=(state_sh, batch_sh, repl),
+  abs_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
+               for k, v in training.dummy_batch(config).items()}
+  abs_gen = training.model_variables(abs_state)['generator']
+  train_step = jax.jit(functools.partial(training.train_step, cfg), in_shardings=(state_sh, batch_sh, repl),
                        out_shardings=(state_sh, repl), donate_argnums=(0,)).lower(
-                           abs_state, abs_batch, perceptual).compile()
+                           abs_state, abs_batch, frozen).compile()
   stats_networks = ()
   if config.standing_stats.enabled:
-    stats_networks = tuple(n for n in config.standing_stats.networks
-                           if n in cfg.generator_train_modes)
-  stats = evaluation.make_stats_fn(cfg, stats_networks).lower(abs_gen, abs_batch).compile() if stats_networks \
+    stats_networks = tuple(n for n in config.standing_stats.networks if n in cfg.generator_train_modes)
+  stats = training.make_stats_fn(cfg, stats_networks).lower(abs_gen, abs_batch).compile() if stats_networks \
       else None
   eval_names = [n for n in metrics_lib.parse_metrics(config.eval.periodic_metrics) if n in metrics_lib.DEVICE_METRICS]
   lpips = lpips_lib.LPIPS() if 'lpips' in eval_names else None
   lpips_vars = jax.device_put(lpips.variables, repl) if lpips else None
-  evaluate = evaluation.make_eval_fn(cfg, config.log.num_images, eval_names, lpips, out_sharding=repl).lower(
+  evaluate = training.make_eval_fn(cfg, config.log.num_images, eval_names, lpips, out_sharding=repl).lower(
       abs_gen, abs_batch, lpips_vars).compile()
   abs_sum = jax.jit(_abs_sum, out_shardings=repl).lower(abs_state['params']).compile()
   seconds = time.time() - start

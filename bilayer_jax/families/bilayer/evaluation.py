@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from bilayer_jax.evaluators import metrics as metrics_lib
+from bilayer_jax.families.bilayer import objective
 from bilayer_jax.models.bilayer import apply_mask
-from bilayer_jax.train import step as step_lib
 
 
-def make_stats_fn(cfg: step_lib.StepConfig, networks):
+def make_stats_fn(cfg: objective.StepConfig, networks):
   """jit: (generator variables, batch) -> the BN statistics of one standing-statistics batch."""
-  gen, _ = step_lib.make_models(cfg)
+  gen, _ = objective.make_models(cfg)
   networks = tuple(networks)
 
   def fn(gen_vars, batch):
@@ -39,7 +39,7 @@ def make_stats_fn(cfg: step_lib.StepConfig, networks):
 def standing_statistics(stats_fn, state: Dict[str, Any], batches: Iterable[Mapping[str, Any]],
                         networks) -> Dict[str, Any]:
   """Returns `state` with the networks' BN running mean/var averaged over `batches`."""
-  gen_vars = step_lib.model_variables(state)['generator']
+  gen_vars = objective.model_variables(state)['generator']
   total, count, last = None, 0, None
   for batch in batches:
     stats = stats_fn(gen_vars, batch)
@@ -61,7 +61,7 @@ def standing_statistics(stats_fn, state: Dict[str, Any], batches: Iterable[Mappi
   return {**state, 'model_state': model_state}
 
 
-def make_eval_fn(cfg: step_lib.StepConfig, num_images: int, metric_names=('l1', 'psnr', 'ssim'), lpips=None,
+def make_eval_fn(cfg: objective.StepConfig, num_images: int, metric_names=('l1', 'psnr', 'ssim'), lpips=None,
                  out_sharding=None):
   """jit: (generator variables, batch, LPIPS variables or None) -> (per-image metrics, the first `num_images`
   rows of the grid images).
@@ -70,7 +70,7 @@ def make_eval_fn(cfg: step_lib.StepConfig, num_images: int, metric_names=('l1', 
   evaluators.lpips.LPIPS whose variables are passed at call time). `out_sharding` (e.g. replicated over the
   mesh) makes the outputs readable on every process.
   """
-  gen, _ = step_lib.make_models(cfg)
+  gen, _ = objective.make_models(cfg)
   image_fn = metrics_lib.image_metrics_fn(metric_names, lpips)
 
   def fn(gen_vars, batch, lpips_vars):

@@ -1,4 +1,5 @@
-"""One training step of either stage, as a pure function (jit/shard it with `make_train_step`).
+"""The bi-layer objective: one training step of either stage, as a pure function (the shared trainer jits and
+shards it).
 
 Gradient routing (docs/model.md#gradient-routes). ONE gradient of the sum of all losses w.r.t. the
 trained parameters gives exactly the original's routing, because every cross-path is cut in the forward:
@@ -41,7 +42,7 @@ PERCEPTUAL_LOSS_NAMES = {'vgg19_imagenet_pytorch': 'G_VGG19', 'vgg16_face_caffe'
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """The loss settings a step is compiled with (docs/model.md#loss-settings); `train/setup.py` builds it
+  """The loss settings a step is compiled with (docs/model.md#loss-settings); `families/bilayer/setup.py` builds it
   from the run config (`bilayer_jax.config.LossConfig`, which holds the defaults)."""
   adv_pred_type: str
   adv_loss_weight: float
@@ -60,7 +61,7 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """What one step trains and how (static: changing it recompiles); built by `train/setup.py`."""
+  """What one step trains and how (static: changing it recompiles); built by `families/bilayer/setup.py`."""
   model: BilayerConfig
   stage: str  # 'base' | 'enhancer'
   networks_to_train: Tuple[str, ...]
