@@ -69,6 +69,7 @@ def test_wrong_driver_or_flag_fails_before_the_params_are_loaded(photo_file, dri
   assert not list(tmp_path.glob('out*')) and not list(tmp_path.glob('a.pt*'))
 
 
+@pytest.mark.slow  # 18 s: three driver videos through the CLI
 @pytest.mark.usefixtures('animator_loaded_once')
 def test_drivers_without_enough_faces_write_nothing(params_dir, photo_file, drivers, tmp_path):
   out = tmp_path / 'out.mp4'

@@ -182,6 +182,7 @@ def test_metric_names_and_frame_selection():
     protocol.select_frames(5, 5, 4)
 
 
+@pytest.mark.slow  # 16 s: Inception features of real images
 def test_frechet_distance_closed_form_and_fid_on_real_images(image_pairs, tmp_path):
   rng = np.random.RandomState(1)
   mu1, mu2 = rng.normal(size=4), rng.normal(size=4)

@@ -49,6 +49,7 @@ def test_run_writes_checkpoints_logs_and_params(uninterrupted):
   assert set(model_io.networks_in(variables)) >= {'identity_embedder', 'inference_generator', 'discriminator'}
 
 
+@pytest.mark.slow  # 33 s: two training runs
 def test_resume_gives_the_losses_of_an_uninterrupted_run(data_dir, uninterrupted, tmp_path):
   _, reference = uninterrupted
   first = loop.train_and_evaluate(train_utils.tiny_config(data_dir, num_steps=2), str(tmp_path))
@@ -120,6 +121,7 @@ def test_sigterm_checkpoints_and_resumes(data_dir, tmp_path):
   assert _steps(workdir)[-1] == steps[0] + 1
 
 
+@pytest.mark.slow  # 31 s: both stages with their compiles
 def test_both_stages_base_then_enhancer(data_dir, tmp_path):
   """stage 'both': the enhancer stage starts from the base stage's params and trains the enhancer only."""
   config = train_utils.tiny_config(data_dir, stage='both', num_steps=2)
