@@ -110,6 +110,20 @@ def test_the_reference_state_dicts_round_trip_with_key_errors_named(reference):
   assert 'missing key for params/trunk/self_att/gamma' in message
 
 
+@pytest.mark.parametrize('network', fsth_reference.NETWORKS)
+def test_state_dicts_convert_both_ways_bit_exactly(reference, network):
+  state, inputs, outputs_eval, _, _ = reference
+  module, args = _module_and_args(network, inputs, outputs_eval)
+  variables = _variables(network, state, module, args)
+  video_matrix = None
+  if network == 'discriminator':
+    _, video_matrix = fsth_reference.split_video_matrix(state[network])
+  back = fsth_reference.state_dict_from_variables(network, variables, video_matrix)
+  assert sorted(back) == sorted(state[network])
+  for key, value in state[network].items():
+    np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
 def _parameter_count(module, *args) -> int:
   shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *args)['params']
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))

@@ -27,6 +27,14 @@ _MODULE_RULES = {
                   (r'self_att_Up', 'self_att_up'), (r'resUp(\d)', r'res_up\1'), (r'res(\d)', r'res\1'),
                   (r'conv2d', 'conv_out')),
 }
+# Our module names back to the reference's, per network (applied to the first path component).
+_REFERENCE_MODULES = {
+    'embedder': ((r'trunk/res_down(\d)', r'resDown\1'), (r'trunk/self_att', 'self_att')),
+    'discriminator': ((r'trunk/res_down(\d)', r'resDown\1'), (r'trunk/self_att', 'self_att'), (r'res', 'res')),
+    'generator': ((r'res_down(\d)', r'resDown\1'), (r'in(\d)', r'in\1'), (r'self_att_down', 'self_att_Down'),
+                  (r'self_att_up', 'self_att_Up'), (r'res_up(\d)', r'resUp\1'), (r'res(\d)', r'res\1'),
+                  (r'conv_out', 'conv2d')),
+}
 _TOP_LEVEL = {('generator', 'p'): 'projection', ('generator', 'psi'): 'psi', ('discriminator', 'w_0'): 'w0',
               ('discriminator', 'b'): 'b', ('discriminator', 'w_prime'): 'w_prime'}
 
@@ -117,3 +125,47 @@ def _torch_shape(location: Tuple[str, str], shape) -> tuple:
   if leaf == 'kernel':
     return (shape[3], shape[2], shape[0], shape[1])
   return tuple(shape)
+
+
+def reference_key(network: str, collection: str, path: str) -> str:
+  """The reference's state-dict key of one of our variables (the inverse of `flax_location`)."""
+  for (net, key), ours in _TOP_LEVEL.items():
+    if net == network and collection == 'params' and path == ours:
+      return key
+  *module, leaf = path.split('/')
+  module = '/'.join(module)
+  for pattern, replacement in _REFERENCE_MODULES[network]:
+    match = re.match(pattern + r'(?=/|$)', module)
+    if match:
+      head = match.expand(replacement)
+      rest = module[match.end():].lstrip('/').replace('/', '.')
+      torch_module = f'{head}.{rest}' if rest else head
+      break
+  else:
+    raise KeyError(path)
+  if collection == 'spectral':
+    return f'{torch_module}.weight_{leaf}'
+  if leaf == 'kernel':
+    return f'{torch_module}.weight' if torch_module == 'conv2d' else f'{torch_module}.weight_orig'
+  return f'{torch_module}.{"weight" if leaf == "scale" else leaf}'
+
+
+def _to_reference(value: np.ndarray, leaf: str) -> np.ndarray:
+  if leaf == 'kernel':
+    return value.transpose(3, 2, 0, 1)  # HWIO -> (O, I, kh, kw)
+  if leaf in ('psi', 'w0', 'w_prime'):
+    return value.reshape(-1, 1)
+  return value.reshape(1) if leaf == 'b' else value
+
+
+def state_dict_from_variables(network: str, variables: Mapping[str, Any],
+                              video_matrix: np.ndarray = None) -> Dict[str, np.ndarray]:
+  """The reference's state dict of `network` from our variables; for the discriminator, `video_matrix`
+  ((videos, embedding_dim) rows) becomes its `W_i` (embedding_dim, videos)."""
+  state = {}
+  for (collection, path), value in _flat(variables).items():
+    state[reference_key(network, collection, path)] = _to_reference(np.asarray(value, np.float32),
+                                                                     path.rsplit('/', 1)[-1])
+  if network == 'discriminator' and video_matrix is not None:
+    state[VIDEO_MATRIX_KEY] = np.asarray(video_matrix, np.float32).T
+  return state
