@@ -42,7 +42,7 @@ def reference():
 
 
 def _module_and_args(network, inputs, outputs):
-  frames, landmarks = _nhwc(inputs['frames']), _nhwc(inputs['landmarks'])
+  frames, landmarks = (_nhwc(inputs[k]).astype(np.float32) / 255 for k in ('frames', 'landmarks'))
   if network == 'embedder':
     return networks.Embedder(CFG), (frames, landmarks)
   if network == 'generator':
