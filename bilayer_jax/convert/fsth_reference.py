@@ -169,3 +169,20 @@ def state_dict_from_variables(network: str, variables: Mapping[str, Any],
   if network == 'discriminator' and video_matrix is not None:
     state[VIDEO_MATRIX_KEY] = np.asarray(video_matrix, np.float32).T
   return state
+
+
+# The reference's VGGFace (`Cropped_VGG19`: the caffe-converted VGG-16 trunk) names its convolutions; their
+# positions in torchvision's VGG-16 `features`, the layout of `bilayer_jax.models.vgg`.
+VGGFACE_FEATURE_INDEX = {'conv1_1': 0, 'conv1_2': 2, 'conv2_1': 5, 'conv2_2': 7, 'conv3_1': 10, 'conv3_2': 12,
+                         'conv3_3': 14, 'conv4_1': 17, 'conv4_2': 19, 'conv4_3': 21, 'conv5_1': 24}
+
+
+def vggface_to_features_layout(state_dict: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """`Cropped_VGG19` keys (conv1_1.weight, ...) -> torchvision `features.N.weight` keys (others dropped, as
+  the reference's non-strict load drops them)."""
+  out = {}
+  for key, value in state_dict.items():
+    layer, _, leaf = key.partition('.')
+    if layer in VGGFACE_FEATURE_INDEX:
+      out[f'features.{VGGFACE_FEATURE_INDEX[layer]}.{leaf}'] = value
+  return out

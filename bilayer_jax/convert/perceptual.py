@@ -27,6 +27,7 @@ def vgg_params_from_state_dict(spec: vgg.VGGSpec, state_dict: Dict[str, np.ndarr
   for index, (kind, width) in enumerate(vgg.layer_kinds(spec.arch, max(spec.layers))):
     if kind != 'conv':
       continue
+    width //= spec.width_divisor
     expected = {'weight': (width, in_channels, 3, 3), 'bias': (width,)}
     entry = {}
     for leaf, shape in expected.items():

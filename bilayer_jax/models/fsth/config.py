@@ -58,8 +58,9 @@ class FSTHConfig:
     return (self.padded_size - size) // 2 if size < self.padded_size else 0
 
   def validate(self) -> 'FSTHConfig':
-    if self.width < 8 or self.width % 8:
-      raise ValueError(f'width {self.width}: expected a multiple of 8 (self-attention uses channels / 8)')
+    if self.width < 4 or self.width % 4:
+      raise ValueError(f'width {self.width}: expected a multiple of 4 (the self-attention at 2 x width channels '
+                       'projects to channels / 8)')
     if self.padded_size % 64:
       raise ValueError(f'padded_size {self.padded_size}: six down blocks need a multiple of 64')
     return self

@@ -1,0 +1,151 @@
+"""The FSTH meta-learning objective and one training iteration as the reference's train.py runs it
+(docs/fsth.md#meta-learning).
+
+One iteration: the embedder embeds the K frames of each video (one call on N·K pairs) and the embeddings
+are averaged; the generator renders the target landmark image from that average; the discriminator scores
+the fake (with gradients) and then the real (without). The generator loss is content (VGG19 + VGGFace L1 on
+relu1_1 … relu5_1, 0.15 and 0.025) + adversarial (−mean score of the fake + 10 · feature matching over the
+seven discriminator blocks, real features fixed) + embedding match (10 · mean |ê_k − w_i| over every one of
+the K frame embeddings). One Adam step (lr 5e-5) updates the embedder and the generator only. Then the
+discriminator takes two hinge-loss Adam steps (lr 2e-4) on the same batch, fake first, each on its own
+fresh scores; the per-video rows `w_i` are discriminator parameters there (the match loss does not train
+them). Every network call in train mode runs one power iteration of its spectral norms, in this order, so
+the discriminator's u, v move six times per iteration.
+"""
+
+import dataclasses
+from typing import Any, Dict, Mapping, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bilayer_jax.models import vgg
+from bilayer_jax.models.fsth import networks
+from bilayer_jax.models.fsth.config import FSTHConfig
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaStepConfig:
+  """The reference's training settings (params/params.py, train.py, loss/*.py)."""
+  model: FSTHConfig = FSTHConfig()
+  vgg19: vgg.VGGSpec = vgg.FSTH_VGG19
+  vggface: vgg.VGGSpec = vgg.FSTH_VGGFACE
+  vgg19_weight: float = 0.15
+  vggface_weight: float = 0.025
+  feature_matching_weight: float = 10.0
+  match_weight: float = 10.0
+  generator_lr: float = 5e-5  # embedder + generator
+  discriminator_lr: float = 2e-4
+  discriminator_updates: int = 2
+
+
+def _l1(a: Array, b: Array) -> Array:
+  return jnp.mean(jnp.abs(a - b))
+
+
+def content_loss(cfg: MetaStepConfig, perceptual: Mapping[str, Any], real: Array, fake: Array) -> Array:
+  """0.15 Σ_l L1(VGG19_l) + 0.025 Σ_l L1(VGGFace_l), the real image's features fixed."""
+  total = 0.0
+  for spec, weight in ((cfg.vgg19, cfg.vgg19_weight), (cfg.vggface, cfg.vggface_weight)):
+    net = vgg.VGGFeatures(spec)
+    real_feats = jax.lax.stop_gradient(net.apply(perceptual[spec.name], real))
+    fake_feats = net.apply(perceptual[spec.name], fake)
+    total = total + weight * sum(_l1(r, f) for r, f in zip(real_feats, fake_feats))
+  return total
+
+
+def adversarial_loss(cfg: MetaStepConfig, fake_scores: Array, real_features, fake_features) -> Array:
+  matching = sum(_l1(jax.lax.stop_gradient(r), f) for r, f in zip(real_features, fake_features))
+  return -jnp.mean(fake_scores) + cfg.feature_matching_weight * matching
+
+
+def match_loss(cfg: MetaStepConfig, frame_embeddings: Array, video_rows: Array) -> Array:
+  """10 · mean |ê_k − w_i| over the K frame embeddings (N, K, C) of each video (rows (N, C))."""
+  return cfg.match_weight * _l1(frame_embeddings, video_rows[:, None, :])
+
+
+def hinge_loss(real_scores: Array, fake_scores: Array) -> Array:
+  return jnp.mean(jax.nn.relu(1.0 - real_scores)) + jnp.mean(jax.nn.relu(1.0 + fake_scores))
+
+
+def _apply(module, variables, *args):
+  """One train-mode call: (output, variables with the spectral vectors after its power iteration)."""
+  out, updated = module.apply(variables, *args, train=True, mutable=['spectral'])
+  return out, {**variables, 'spectral': updated['spectral']}
+
+
+def generator_loss(cfg: MetaStepConfig, trained: Mapping[str, Any], state: Mapping[str, Any],
+                   perceptual: Mapping[str, Any], batch: Mapping[str, Array]):
+  """(LossG, (parts, outputs, variables after the calls)) for the embedder + generator params `trained`.
+
+  batch: 'frames', 'landmarks' (N, K, H, W, 3) in [0, 1], 'target_frame', 'target_landmarks' (N, H, W, 3),
+  'video_rows' (N, C): the videos' rows of the embedding matrix as the discriminator uses them.
+  """
+  m = cfg.model
+  n, k = batch['frames'].shape[:2]
+  embedder_vars = {**state['embedder'], 'params': trained['embedder']}
+  generator_vars = {**state['generator'], 'params': trained['generator']}
+  flat = lambda x: x.reshape(n * k, *x.shape[2:])
+  e_vectors, embedder_vars = _apply(networks.Embedder(m), embedder_vars, flat(batch['frames']),
+                                    flat(batch['landmarks']))
+  e_vectors = e_vectors.reshape(n, k, -1)
+  e_hat = e_vectors.mean(axis=1)
+  fake, generator_vars = _apply(networks.Generator(m), generator_vars, batch['target_landmarks'], e_hat)
+  disc = networks.Discriminator(m)
+  (fake_scores, fake_feats), disc_vars = _apply(disc, state['discriminator'], fake, batch['target_landmarks'],
+                                                batch['video_rows'])
+  (_, real_feats), disc_vars = _apply(disc, jax.lax.stop_gradient(disc_vars), batch['target_frame'],
+                                      batch['target_landmarks'], batch['video_rows'])
+  parts = {'loss_cnt': content_loss(cfg, perceptual, batch['target_frame'], fake),
+           'loss_adv': adversarial_loss(cfg, fake_scores, real_feats, fake_feats),
+           'loss_match': match_loss(cfg, e_vectors, batch['video_rows'])}
+  total = parts['loss_cnt'] + parts['loss_adv'] + parts['loss_match']
+  outputs = {'e_hat': e_hat, 'x_hat': fake, 'r_hat': fake_scores}
+  variables = {'embedder': embedder_vars, 'generator': generator_vars,
+               'discriminator': jax.lax.stop_gradient(disc_vars)}
+  return total, (parts, outputs, variables)
+
+
+def discriminator_loss(cfg: MetaStepConfig, d_params: Mapping[str, Any], d_state: Mapping[str, Any],
+                       fake: Array, batch: Mapping[str, Array]):
+  """(hinge loss, discriminator variables after its two calls); d_params holds 'net' and 'video_rows'."""
+  disc = networks.Discriminator(cfg.model)
+  variables = {**d_state, 'params': d_params['net']}
+  (fake_scores, _), variables = _apply(disc, variables, fake, batch['target_landmarks'], d_params['video_rows'])
+  (real_scores, _), variables = _apply(disc, variables, batch['target_frame'], batch['target_landmarks'],
+                                       d_params['video_rows'])
+  return hinge_loss(real_scores, fake_scores), variables
+
+
+def meta_step(cfg: MetaStepConfig, variables: Mapping[str, Any], perceptual: Mapping[str, Any],
+              batch: Mapping[str, Array]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """One iteration from fresh Adam states; returns (variables and video rows after it, metrics and
+  gradients). `variables`: {'embedder', 'generator', 'discriminator'} Flax variables."""
+  trained = {net: variables[net]['params'] for net in ('embedder', 'generator')}
+  (loss_g, (parts, outputs, after)), grads_g = jax.value_and_grad(generator_loss, argnums=1, has_aux=True)(
+      cfg, trained, variables, perceptual, batch)
+  optimizer_g = optax.adam(cfg.generator_lr)
+  updates, _ = optimizer_g.update(grads_g, optimizer_g.init(trained), trained)
+  trained = optax.apply_updates(trained, updates)
+  metrics = {'loss_g': loss_g, **parts, **outputs, 'grad_g': grads_g}
+  d_params = {'net': variables['discriminator']['params'], 'video_rows': batch['video_rows']}
+  d_state = {k: v for k, v in after['discriminator'].items() if k != 'params'}
+  optimizer_d = optax.adam(cfg.discriminator_lr)
+  opt_state = optimizer_d.init(d_params)
+  fake = jax.lax.stop_gradient(outputs['x_hat'])
+  for update in range(1, cfg.discriminator_updates + 1):
+    (loss_d, d_vars), grads_d = jax.value_and_grad(discriminator_loss, argnums=1, has_aux=True)(
+        cfg, d_params, d_state, fake, batch)
+    d_state = {k: v for k, v in d_vars.items() if k != 'params'}
+    updates, opt_state = optimizer_d.update(grads_d, opt_state, d_params)
+    d_params = optax.apply_updates(d_params, updates)
+    metrics[f'loss_d{update}'] = loss_d
+    if update == 1:
+      metrics['grad_d'] = grads_d
+  new_variables = {'embedder': {**after['embedder'], 'params': trained['embedder']},
+                   'generator': {**after['generator'], 'params': trained['generator']},
+                   'discriminator': {**d_state, 'params': d_params['net']}}
+  return {'variables': new_variables, 'video_rows': d_params['video_rows']}, metrics
