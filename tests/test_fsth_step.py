@@ -110,3 +110,42 @@ def test_parameters_and_spectral_vectors_after_the_iteration_match(step):
     actual.update(_as_reference('after', net, after['variables'][net], rows))
   assert set(actual) == {k for k in reference if k.startswith('after/')}
   fixture_utils.compare(actual, reference, tolerances, actual)
+
+
+@pytest.fixture(scope='module')
+def finetune():
+  weights, inputs = _load('weights.npz'), _load('inputs.npz')
+  batch = _batch(inputs)
+  variables = {}
+  for net in ('generator', 'discriminator'):
+    state = _state_dicts(weights, net)
+    if net == 'discriminator':
+      state, _ = fsth_reference.split_video_matrix(state)
+    variables[net] = fsth_reference.variables_from_state_dict(net, state, _abstract(net, batch))
+  vggface = fsth_reference.vggface_to_features_layout(_state_dicts(weights, 'vggface'))
+  perceptual = {CFG.vgg19.name: perceptual_io.vgg_params_from_state_dict(CFG.vgg19, _state_dicts(weights, 'vgg19')),
+                CFG.vggface.name: perceptual_io.vgg_params_from_state_dict(CFG.vggface, vggface)}
+  images = _nhwc(inputs['finetune_images']).astype(np.float32) / 255  # (N, 2, H, W, 3): frame, landmarks
+  finetune_batch = {'frame': images[:, 0], 'landmarks': images[:, 1]}
+  initial = objective.finetune_init(CFG, variables, inputs['finetune_e_hat'][0, :, 0])
+  after, metrics = jax.jit(lambda v, p, b: objective.finetune_step(CFG, v, p, b))(initial, perceptual, finetune_batch)
+  tolerances = json.loads((STEP / 'tolerances.json').read_text())['finetune_step.npz']
+  return jax.device_get(initial), jax.device_get(after), jax.device_get(metrics), _load('finetune_step.npz'), tolerances
+
+
+def test_finetuning_iteration_matches(finetune):
+  """psi = P e_hat and w' = w0 + e_hat, the losses, the outputs, the gradients (psi and w' included), and
+  psi and w' unchanged after the iteration, as in the reference."""
+  initial, after, metrics, reference, tolerances = finetune
+  actual = {k: metrics[k] for k in ('loss_cnt', 'loss_adv', 'loss_g', 'loss_d1', 'loss_d2', 'r_hat')}
+  actual['x_hat'] = np.moveaxis(metrics['x_hat'], -1, 1)
+  actual['init/generator/psi'] = initial['generator']['params']['psi'][:, None]
+  actual['init/discriminator/w_prime'] = initial['discriminator']['params']['w_prime'][:, None]
+  actual['after/generator/psi'] = after['generator']['params']['psi'][:, None]
+  actual['after/discriminator/w_prime'] = after['discriminator']['params']['w_prime'][:, None]
+  fixture_utils.compare(actual, reference, tolerances, actual)
+  grads = {**_as_reference('grad_g', 'generator', {'params': metrics['grad_g']}),
+           **_as_reference('grad_d', 'discriminator', {'params': metrics['grad_d']})}
+  keys = [k for k in grads if k in reference]
+  assert len(keys) == len([k for k in reference if k.startswith('grad_')]), sorted(set(reference) - set(grads))
+  fixture_utils.compare(grads, reference, tolerances, keys, gradient=True)

@@ -71,9 +71,9 @@ def hinge_loss(real_scores: Array, fake_scores: Array) -> Array:
   return jnp.mean(jax.nn.relu(1.0 - real_scores)) + jnp.mean(jax.nn.relu(1.0 + fake_scores))
 
 
-def _apply(module, variables, *args):
+def _apply(module, variables, *args, **kwargs):
   """One train-mode call: (output, variables with the spectral vectors after its power iteration)."""
-  out, updated = module.apply(variables, *args, train=True, mutable=['spectral'])
+  out, updated = module.apply(variables, *args, train=True, mutable=['spectral'], **kwargs)
   return out, {**variables, 'spectral': updated['spectral']}
 
 
@@ -149,3 +149,81 @@ def meta_step(cfg: MetaStepConfig, variables: Mapping[str, Any], perceptual: Map
                    'generator': {**after['generator'], 'params': trained['generator']},
                    'discriminator': {**d_state, 'params': d_params['net']}}
   return {'variables': new_variables, 'video_rows': d_params['video_rows']}, metrics
+
+
+def finetune_init(cfg: MetaStepConfig, variables: Mapping[str, Any], e_hat: Array) -> Dict[str, Any]:
+  """Fine-tuning's starting point for a new person with mean embedding `e_hat` (C,): the generator's
+  `psi = P e_hat` and the discriminator's `w' = w0 + e_hat` (docs/fsth.md#fine-tuning)."""
+  del cfg
+  generator = dict(variables['generator']['params'])
+  generator['psi'] = generator['projection'] @ e_hat
+  discriminator = dict(variables['discriminator']['params'])
+  discriminator['w_prime'] = discriminator['w0'] + e_hat
+  return {'generator': {**variables['generator'], 'params': generator},
+          'discriminator': {**variables['discriminator'], 'params': discriminator}}
+
+
+def finetune_generator_loss(cfg: MetaStepConfig, g_params: Mapping[str, Any], state: Mapping[str, Any],
+                            perceptual: Mapping[str, Any], batch: Mapping[str, Array]):
+  """Content + adversarial loss of the fine-tuned generator (no match term); batch: 'frame', 'landmarks'."""
+  m = cfg.model
+  fake, generator_vars = _apply(networks.Generator(m), {**state['generator'], 'params': g_params},
+                                batch['landmarks'], finetuned=True)
+  disc = networks.Discriminator(m)
+  (fake_scores, fake_feats), disc_vars = _apply(disc, state['discriminator'], fake, batch['landmarks'],
+                                                finetuned=True)
+  (_, real_feats), disc_vars = _apply(disc, jax.lax.stop_gradient(disc_vars), batch['frame'], batch['landmarks'],
+                                      finetuned=True)
+  parts = {'loss_cnt': content_loss(cfg, perceptual, batch['frame'], fake),
+           'loss_adv': adversarial_loss(cfg, fake_scores, real_feats, fake_feats)}
+  variables = {'generator': generator_vars, 'discriminator': jax.lax.stop_gradient(disc_vars)}
+  return parts['loss_cnt'] + parts['loss_adv'], (parts, {'x_hat': fake, 'r_hat': fake_scores}, variables)
+
+
+def _finetune_discriminator_loss(cfg: MetaStepConfig, d_params, d_state, fake: Array, batch: Mapping[str, Array]):
+  disc = networks.Discriminator(cfg.model)
+  variables = {**d_state, 'params': d_params}
+  (fake_scores, _), variables = _apply(disc, variables, fake, batch['landmarks'], finetuned=True)  # fake first
+  (real_scores, _), variables = _apply(disc, variables, batch['frame'], batch['landmarks'], finetuned=True)
+  return hinge_loss(real_scores, fake_scores), variables
+
+
+def _adam_except(lr: float, params: Mapping[str, Any], frozen: Tuple[str, ...]):
+  """Adam on every parameter but the top-level ones named in `frozen` (left exactly as they are)."""
+  labels = {name: jax.tree_util.tree_map(lambda _, n=name: 'frozen' if n in frozen else 'adam', value)
+            for name, value in params.items()}
+  return optax.multi_transform({'adam': optax.adam(lr), 'frozen': optax.set_to_zero()}, labels)
+
+
+def finetune_step(cfg: MetaStepConfig, variables: Mapping[str, Any], perceptual: Mapping[str, Any],
+                  batch: Mapping[str, Array], train_adaptive: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """One fine-tuning iteration (the reference's finetuning_training.py) from fresh Adam states.
+
+  As in the reference (its optimisers are built before `finetuning_init` replaces the parameters), psi and
+  w' stay at their initial values unless `train_adaptive` (the paper trains them).
+  """
+  g_params = variables['generator']['params']
+  (loss_g, (parts, outputs, after)), grads_g = jax.value_and_grad(finetune_generator_loss, argnums=1,
+                                                                  has_aux=True)(cfg, g_params, variables, perceptual,
+                                                                                batch)
+  frozen_g = () if train_adaptive else ('psi',)
+  optimizer_g = _adam_except(cfg.generator_lr, g_params, frozen_g)
+  updates, _ = optimizer_g.update(grads_g, optimizer_g.init(g_params), g_params)
+  g_params = optax.apply_updates(g_params, updates)
+  metrics = {'loss_g': loss_g, **parts, **outputs, 'grad_g': grads_g}
+  d_params = variables['discriminator']['params']
+  d_state = {k: v for k, v in after['discriminator'].items() if k != 'params'}
+  optimizer_d = _adam_except(cfg.discriminator_lr, d_params, () if train_adaptive else ('w_prime',))
+  opt_state = optimizer_d.init(d_params)
+  fake = jax.lax.stop_gradient(outputs['x_hat'])
+  for update in range(1, cfg.discriminator_updates + 1):
+    (loss_d, d_vars), grads_d = jax.value_and_grad(_finetune_discriminator_loss, argnums=1, has_aux=True)(
+        cfg, d_params, d_state, fake, batch)
+    d_state = {k: v for k, v in d_vars.items() if k != 'params'}
+    updates, opt_state = optimizer_d.update(grads_d, opt_state, d_params)
+    d_params = optax.apply_updates(d_params, updates)
+    metrics[f'loss_d{update}'] = loss_d
+    if update == 1:
+      metrics['grad_d'] = grads_d
+  return {'generator': {**after['generator'], 'params': g_params},
+          'discriminator': {**d_state, 'params': d_params}}, metrics
