@@ -129,14 +129,17 @@ def finetune():
   finetune_batch = {'frame': images[:, 0], 'landmarks': images[:, 1]}
   initial = objective.finetune_init(CFG, variables, inputs['finetune_e_hat'][0, :, 0])
   after, metrics = jax.jit(lambda v, p, b: objective.finetune_step(CFG, v, p, b))(initial, perceptual, finetune_batch)
+  adaptive, _ = jax.jit(lambda v, p, b: objective.finetune_step(CFG, v, p, b, train_adaptive=True))(
+      initial, perceptual, finetune_batch)
   tolerances = json.loads((STEP / 'tolerances.json').read_text())['finetune_step.npz']
-  return jax.device_get(initial), jax.device_get(after), jax.device_get(metrics), _load('finetune_step.npz'), tolerances
+  return (jax.device_get(initial), jax.device_get(after), jax.device_get(metrics), _load('finetune_step.npz'),
+          tolerances, jax.device_get(adaptive))
 
 
 def test_finetuning_iteration_matches(finetune):
   """psi = P e_hat and w' = w0 + e_hat, the losses, the outputs, the gradients (psi and w' included), and
   psi and w' unchanged after the iteration, as in the reference."""
-  initial, after, metrics, reference, tolerances = finetune
+  initial, after, metrics, reference, tolerances, _ = finetune
   actual = {k: metrics[k] for k in ('loss_cnt', 'loss_adv', 'loss_g', 'loss_d1', 'loss_d2', 'r_hat')}
   actual['x_hat'] = np.moveaxis(metrics['x_hat'], -1, 1)
   actual['init/generator/psi'] = initial['generator']['params']['psi'][:, None]
@@ -149,3 +152,19 @@ def test_finetuning_iteration_matches(finetune):
   keys = [k for k in grads if k in reference]
   assert len(keys) == len([k for k in reference if k.startswith('grad_')]), sorted(set(reference) - set(grads))
   fixture_utils.compare(grads, reference, tolerances, keys, gradient=True)
+
+
+def test_the_papers_finetuning_trains_psi_and_w_prime(finetune):
+  """train_adaptive=True: psi takes one Adam step and w' two (|update| = lr per step wherever the gradient is
+  not ~0 and keeps its sign), the other parameters as in the reference's iteration."""
+  initial, after, metrics, _, _, adaptive = finetune
+  for net, name, lr in (('generator', 'psi', CFG.generator_lr),
+                        ('discriminator', 'w_prime', CFG.discriminator_updates * CFG.discriminator_lr)):
+    grad = metrics['grad_g' if net == 'generator' else 'grad_d'][name]
+    step = adaptive[net]['params'][name] - initial[net]['params'][name]
+    big = np.abs(grad) > 1e-6
+    assert big.mean() > 0.5, name
+    np.testing.assert_allclose(np.abs(step[big]), lr, rtol=5e-2, err_msg=name)  # the 2nd step: a new gradient
+    np.testing.assert_array_equal(np.sign(step[big]), -np.sign(grad[big]))
+  np.testing.assert_allclose(adaptive['generator']['params']['res1']['conv1']['kernel'],
+                             after['generator']['params']['res1']['conv1']['kernel'], atol=1e-6)
