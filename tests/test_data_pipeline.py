@@ -272,3 +272,23 @@ def test_import_resizes_and_scales_keypoints(tmp_path):
                                pose.reshape(68, 2), atol=1e-6)
   seg = Image.open(io.BytesIO(tf.io.encode_png(example['segs'][0]).numpy()))
   assert seg.size == (32, 32)
+
+
+def test_fsth_sketches_and_video_hashes(dataset, frame_index):
+  """landmark_style='fsth_sketch' draws the FSTH reference's sketches of each frame's keypoints; the
+  video hash is the same for every frame of an example and differs between videos."""
+  _, data_dir = dataset
+  ds = make(data_dir, num_source_frames=2, landmark_style='fsth_sketch', with_video_hash=True, shuffle=False,
+            repeat=False, batch_size=1)
+  hashes = {}
+  for batch in ds.as_numpy_iterator():
+    pose = batch['source_poses'][0, 1]
+    expected = stickman.draw_fsth_sketches(pose[None], STORED)[0]
+    np.testing.assert_array_equal(batch['source_stickmen'][0, 1], expected)
+    assert (batch['source_stickmen'] == 1).mean() > 0.3  # white paper (2-point lines cover much of 48²)
+    split, key = lookup(frame_index, pose)
+    video = '/'.join(key.split('/')[:2])  # person/video (a video's sequences share it)
+    hashes.setdefault(video, set()).add(int(batch['video_hash'][0]))
+  assert all(len(h) == 1 for h in hashes.values()) and len(hashes) >= 2
+  assert len({h for hs in hashes.values() for h in hs}) == len(hashes)
+  assert all(0 <= h < 2**62 for hs in hashes.values() for h in hs)

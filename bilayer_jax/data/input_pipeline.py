@@ -69,9 +69,10 @@ def _resize(images: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def _draw_stickmen(poses: tf.Tensor, image_size: int,
-                   thickness: int) -> tf.Tensor:
+                   thickness: int, style: str = 'stickman') -> tf.Tensor:
+  draw = stickman.STYLES[style]
   out = tf.numpy_function(
-      lambda p: stickman.draw_stickmen(p, image_size, thickness), [poses],
+      lambda p: draw(p, image_size, thickness), [poses],
       tf.float32, stateful=False)
   return tf.ensure_shape(out, [poses.shape[0], image_size, image_size, 3])
 
@@ -83,16 +84,18 @@ def _select(example, index, *, num_samples: int, seed: tf.Tensor):
                              tf.stack([seed, tf.cast(index, tf.int32)]))
   return {'frames': tf.gather(example['frames'], idx),
           'segs': tf.gather(example['segs'], idx),
-          'keypoints': tf.gather(example['keypoints'], idx)}
+          'keypoints': tf.gather(example['keypoints'], idx),
+          'video': tf.strings.join([example['person_id'], example['video_id']], '/')}
 
 
 def decode_frames(selected, *, image_size: int, stored_size: int,
-                  num_source: int, thickness: int):
+                  num_source: int, thickness: int, landmark_style: str = 'stickman'):
   """Decodes and normalises the selected frames into the batch dict.
 
   `selected`: {'frames', 'segs'} encoded bytes and 'keypoints' of k frames;
   the first `num_source` become source_*, the rest target_*. Also used
   eagerly by the evaluation protocol, so it sees exactly the training inputs.
+  `landmark_style`: how the `*_stickmen` images are drawn (`stickman.STYLES`).
   """
   k = selected['frames'].shape[0]
   # INTEGER_ACCURATE is libjpeg's ISLOW, which PIL uses: identical pixels.
@@ -108,7 +111,7 @@ def decode_frames(selected, *, image_size: int, stored_size: int,
                      [k, 136])
   imgs = tf.cast(imgs, tf.float32) / 255. * 2. - 1.
   segs = tf.cast(segs, tf.float32) / 255.
-  stickmen = _draw_stickmen(poses, image_size, thickness)
+  stickmen = _draw_stickmen(poses, image_size, thickness, landmark_style)
   out = {}
   for name, value in zip(FEATURE_KEYS, (imgs, segs, poses, stickmen)):
     out[f'source_{name}'] = tf.ensure_shape(value[:num_source],
@@ -116,6 +119,11 @@ def decode_frames(selected, *, image_size: int, stored_size: int,
     out[f'target_{name}'] = tf.ensure_shape(value[num_source:],
                                             [k - num_source] + value.shape[1:])
   return out
+
+
+def video_hash(video: tf.Tensor) -> tf.Tensor:
+  """int64 in [0, 2^62): FarmHash of 'person_id/video_id' (the same on every host and run)."""
+  return tf.strings.to_hash_bucket_fast(video, 2**62)
 
 
 class DatasetNotFoundError(errors.UserError, FileNotFoundError):
@@ -171,7 +179,8 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
                    repeat: bool = True, process_index: int | None = None,
                    process_count: int | None = None,
                    dataset_name: str = DEMO_DATASET_NAME,
-                   shuffle_buffer: int = 512, stickmen_thickness: int = 2
+                   shuffle_buffer: int = 512, stickmen_thickness: int = 2,
+                   landmark_style: str = 'stickman', with_video_hash: bool = False
                    ) -> tf.data.Dataset:
   """Host-local batches of source/target frames of the same video.
 
@@ -191,6 +200,11 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
     shuffle_buffer: examples in the shuffle buffer (after frame selection,
       so each holds only n + T encoded frames).
     stickmen_thickness: stickman line width (original: 2).
+    landmark_style: 'stickman' (bi-layer) or 'fsth_sketch' (the FSTH
+      reference's coloured sketches), see `stickman.STYLES`.
+    with_video_hash: add 'video_hash' (B,) int64, a stable hash of the
+      example's person_id/video_id (per-video parameters such as FSTH's
+      embedding matrix are indexed by it).
 
   Returns:
     A tf.data.Dataset of dicts with ``{source,target}_{imgs,segs,poses,
@@ -216,11 +230,16 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
     ds = ds.shuffle(shuffle_buffer, seed=host_seed,
                     reshuffle_each_iteration=True)
   stored_size = builder.info.features['frames'].shape[1]
-  ds = ds.map(lambda s: decode_frames(s, image_size=image_size,
-                                      stored_size=stored_size,
-                                      num_source=num_source_frames,
-                                      thickness=stickmen_thickness),
-              num_parallel_calls=tf.data.AUTOTUNE)
+  def decode(selected):
+    out = decode_frames(selected, image_size=image_size,
+                        stored_size=stored_size, num_source=num_source_frames,
+                        thickness=stickmen_thickness,
+                        landmark_style=landmark_style)
+    if with_video_hash:
+      out['video_hash'] = video_hash(selected['video'])
+    return out
+
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from bilayer_jax.face import sketch
+
 # (keypoint indices, closed polyline, RGB colour) per face part, in drawing
 # order; later parts overwrite earlier ones where they overlap. The nose
 # bridge repeats point 30 and then jumps to 33, the tip of the nose base.
@@ -77,3 +79,24 @@ def draw_stickmen(poses: np.ndarray, image_size: int,
     out[i] = (canvas.astype(np.float32) / np.float32(255) - np.float32(0.5)
               ) * np.float32(2)
   return out
+
+
+def draw_fsth_sketches(poses: np.ndarray, image_size: int, thickness: int = 2) -> np.ndarray:
+  """The FSTH reference's coloured landmark sketches (`bilayer_jax.face.sketch`) for a batch of poses.
+
+  Args:
+    poses: (N, 136) keypoints in [-1, 1] of a square crop, laid out (x0, y0, x1, y1, ...).
+    image_size: side S of the square output images.
+    thickness: unused (the sketch's line width is the reference's 2 points); kept for a common signature.
+
+  Returns:
+    float32 (N, S, S, 3) NHWC images in [-1, 1] (white background).
+  """
+  del thickness
+  points = (np.asarray(poses, np.float32).reshape(-1, 68, 2) + 1) / 2 * image_size
+  images = np.stack([sketch.sketch(p, image_size, image_size) for p in points])
+  return images.astype(np.float32) / 255 * 2 - 1
+
+
+# Landmark-image styles the input pipeline can draw (config.data.landmark_style).
+STYLES = {'stickman': draw_stickmen, 'fsth_sketch': draw_fsth_sketches}
