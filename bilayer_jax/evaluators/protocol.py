@@ -161,7 +161,6 @@ def evaluate(animator, evaluator: metrics_lib.FrameEvaluator, data_dir: str, spl
   image_names = [n for n in evaluator.names if n in metrics_lib.DEVICE_METRICS] or ['psnr']
   baseline_fn = functools.partial(jax.jit(metrics_lib.image_metrics_fn(image_names, evaluator.lpips)),
                                   evaluator.lpips.variables if evaluator.lpips else None)
-  gt = lambda imgs, segs: _masked(imgs, metrics_lib.select_masks(settings.mask, segs, segs))
   mine = list(range(jax.process_index(), len(videos), jax.process_count()))
   self_rows, base_rows, cross_rows, grid = [], {'source_copy': [], 'mean_image': []}, [], []
   features = {'real': [], 'fake': []}
@@ -183,19 +182,32 @@ def evaluate(animator, evaluator: metrics_lib.FrameEvaluator, data_dir: str, spl
       grid.append(np.concatenate([frames['source_imgs'][0], real[0], pred[0]], axis=1))
     j = _cross_driver(videos, i) if settings.cross_identity else None
     if j is not None and evaluator.cross_keys:
-      driver = loader(videos[j], select_frames(videos[j].num_frames, settings.source_frame,
-                                               settings.max_targets))
-      cross = animator.render(avatar, driver['target_poses'])
-      cross_masks = metrics_lib.select_masks(settings.mask, cross['mask'], cross['mask'])
-      cross_pred = _masked(cross['image'], cross_masks)
-      cross_rows.append({'video': np.full(len(cross_pred), i, np.float64), **evaluator.cross_reenactment(
-          cross_pred, pixel_keypoints(driver['target_poses'], size),
-          gt(frames['source_imgs'], frames['source_segs'])[0], pixel_keypoints(frames['source_poses'], size)[0],
-          gt(driver['target_imgs'], driver['target_segs']))})
+      cross_rows.append(_cross_row(animator, avatar, evaluator, settings, frames, i,
+                                   loader(videos[j], select_frames(videos[j].num_frames, settings.source_frame,
+                                                                   settings.max_targets))))
   results = {'protocol': {**dataclasses.asdict(settings), 'split': split, 'dataset': dataset_name,
                           'data_dir': data_dir, 'num_videos': len(videos), 'image_size': size},
              'self_reenactment': _collect(self_rows, evaluator.self_keys, videos),
              'baselines': {k: _collect(v, tuple(image_names), videos)['summary'] for k, v in base_rows.items()}}
+  _add_fid_and_cross(results, evaluator, settings, features, cross_rows, videos)
+  results['grid'] = np.concatenate(grid, axis=0) if grid else None
+  return results
+
+
+def _cross_row(animator, avatar, evaluator, settings: Settings, frames, index: int, driver) -> Dict[str, Any]:
+  """Cross-identity metrics of video `index`'s avatar driven by another identity's frames."""
+  size = animator.cfg.image_size
+  gt = lambda imgs, segs: _masked(imgs, metrics_lib.select_masks(settings.mask, segs, segs))
+  cross = animator.render(avatar, driver['target_poses'])
+  cross_pred = _masked(cross['image'], metrics_lib.select_masks(settings.mask, cross['mask'], cross['mask']))
+  return {'video': np.full(len(cross_pred), index, np.float64), **evaluator.cross_reenactment(
+      cross_pred, pixel_keypoints(driver['target_poses'], size),
+      gt(frames['source_imgs'], frames['source_segs'])[0], pixel_keypoints(frames['source_poses'], size)[0],
+      gt(driver['target_imgs'], driver['target_segs']))}
+
+
+def _add_fid_and_cross(results, evaluator, settings: Settings, features, cross_rows, videos) -> None:
+  """FID over every host's frames, and the cross-identity section (or why it was skipped)."""
   if evaluator.inception:
     real, fake = (gather_rows(np.concatenate(features[k]) if features[k] else np.zeros((0, fid_lib.FEATURES)))
                   for k in ('real', 'fake'))
@@ -209,8 +221,6 @@ def evaluate(animator, evaluator: metrics_lib.FrameEvaluator, data_dir: str, spl
     if not cross['summary'].get('frames'):
       cross = {'skipped': 'needs at least two identities in the split'}
     results['cross_reenactment'] = cross
-  results['grid'] = np.concatenate(grid, axis=0) if grid else None
-  return results
 
 
 def gather_rows(local: np.ndarray) -> np.ndarray:

@@ -261,23 +261,27 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
     model, selection = _best_equalisation(net, poses, batch, convert, low_res_upsample_conv)
   else:
     model = convert(net)
-  arrays = net.arrays
-  s = spec.image_size
-  contract = {
+  contract = _frame_contract(net, quantize, batch, baked, avatar_names)
+  contract['precision'] = _precision(quantize, selection, 0 if quantize != 'int8' else len(poses))
+  return _write(path, model, contract)
+
+
+def _frame_contract(net: folding.FoldedFrameNet, quantize: str, batch: int, baked: bool, avatar_names) -> dict:
+  """The .json contract of a per-frame model: its inputs and outputs (the precision is added by the caller)."""
+  s = net.spec.image_size
+  return {
       'model': 'bilayer_jax per-frame network' + (' (baked avatar)' if baked else ' (generic)'),
       'quantize': quantize,
       'inputs': [{'name': 'poses', 'shape': [batch, 136], 'dtype': 'float32',
                   'meaning': '68 (x, y) keypoints in the face crop, pixel / crop size * 2 - 1'}] +
-                [{'name': k, 'shape': list(arrays[k].shape), 'dtype': 'float32',
+                [{'name': k, 'shape': list(net.arrays[k].shape), 'dtype': 'float32',
                   'meaning': 'avatar array (an output of the init model)'} for k in avatar_names],
       'outputs': [{'name': 'image', 'shape': [batch, s, s, 3], 'dtype': 'float32', 'range': '[-1, 1] nominal',
                    'meaning': 'RGB = (image + 1) / 2, clamp to [0, 1]'}] +
                  ([{'name': 'mask', 'shape': [batch, s, s, 1], 'dtype': 'float32', 'range': '[0, 1]',
-                    'meaning': 'person mask: rgb * mask + background * (1 - mask)'}] if spec.pred_segmentation
+                    'meaning': 'person mask: rgb * mask + background * (1 - mask)'}] if net.spec.pred_segmentation
                   else []),
-      'precision': _precision(quantize, selection, 0 if quantize != 'int8' else len(poses)),
   }
-  return _write(path, model, contract)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

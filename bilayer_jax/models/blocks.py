@@ -174,7 +174,16 @@ class ResBlock(nn.Module):
       elif kind == 'down':
         h = down(h)
 
-    skip = x
+    out = h + self._skip(x, skip_layout, ada_skip, down, conv_kw, train)
+    if self.output_aggregated:
+      out = layers.split_frames(out, out.shape[0] // self.frames_per_person).mean(axis=1)
+    if self.return_feats:
+      return out, feats
+    return out
+
+  def _skip(self, x: Array, skip_layout, ada_skip, down, conv_kw, train: bool) -> Array:
+    """The skip path: (upsampling), an adaptive or plain 1x1 convolution, (downsampling), as laid out."""
+    skip, pending_up = x, False
     for i, kind in enumerate(skip_layout):
       if kind == 'up':
         pending_up = True
@@ -188,10 +197,4 @@ class ResBlock(nn.Module):
         pending_up = False
       elif kind == 'down':
         skip = down(skip)
-
-    out = h + skip
-    if self.output_aggregated:
-      out = layers.split_frames(out, out.shape[0] // self.frames_per_person).mean(axis=1)
-    if self.return_feats:
-      return out, feats
-    return out
+    return skip
