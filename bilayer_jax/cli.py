@@ -67,6 +67,20 @@ def parse_flags(argv):
   sys.exit(errors.EXIT_USER_ERROR)
 
 
+def parse_private_flags(flag_values: flags.FlagValues, program: str, argv, usage: str) -> flags.FlagValues:
+  """Parses `argv` (without the program name) into `flag_values`, a FlagValues of the program's own (so its
+  main can run more than once in a process, e.g. from tests). `--help` prints `usage` and the flags and
+  exits 0; a bad flag raises InvalidArgumentError (one line)."""
+  if '--help' in argv or '-h' in argv:
+    print(usage + '\n' + flag_values.get_help())
+    sys.exit(errors.EXIT_OK)
+  try:
+    flag_values([program, *argv])
+  except flags.Error as e:
+    raise errors.InvalidArgumentError(str(e)) from e
+  return flag_values
+
+
 def loaded_config(flag_name: str = 'config'):
   """The ml_collections config of a `config_flags.DEFINE_config_file` flag; a config file that cannot be
   loaded is a one-line user error naming it."""

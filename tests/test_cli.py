@@ -47,3 +47,19 @@ def test_tools_print_one_line_and_write_nothing(module, args, expected, tmp_path
   assert run.returncode == errors.EXIT_USER_ERROR, run.stderr[-2000:]
   assert 'Traceback' not in run.stderr and 'error: ' in run.stderr and expected in run.stderr, run.stderr[-2000:]
   assert not (tmp_path / 'out').exists()
+
+
+def test_private_flags_parse_twice_in_a_process_and_bad_flags_are_user_errors(capsys):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  def parse(argv):
+    fv = flags.FlagValues()
+    flags.DEFINE_integer('n', 1, 'a number', flag_values=fv)
+    return cli.parse_private_flags(fv, 'prog', argv, 'usage: prog [--n N]')
+
+  assert parse(['--n=3']).n == 3 and parse([]).n == 1
+  with pytest.raises(errors.InvalidArgumentError, match="flag --n=x"):
+    parse(['--n=x'])
+  with pytest.raises(SystemExit) as ended:
+    parse(['--help'])
+  assert ended.value.code == errors.EXIT_OK and 'usage: prog' in capsys.readouterr().out

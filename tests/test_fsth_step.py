@@ -59,12 +59,11 @@ def _state_dicts(weights, prefix):
   return {k.split('/', 1)[1]: v for k, v in weights.items() if k.startswith(prefix + '/')}
 
 
-@pytest.fixture(scope='module')
-def step():
-  weights, inputs = _load('weights.npz'), _load('inputs.npz')
-  batch = _batch(inputs)
+def _reference_weights(networks_wanted, batch):
+  """(variables of the wanted networks, perceptual params) from the step fixture's weights."""
+  weights = _load('weights.npz')
   variables = {}
-  for net in fsth_reference.NETWORKS:
+  for net in networks_wanted:
     state = _state_dicts(weights, net)
     if net == 'discriminator':
       state, _ = fsth_reference.split_video_matrix(state)
@@ -72,6 +71,13 @@ def step():
   vggface = fsth_reference.vggface_to_features_layout(_state_dicts(weights, 'vggface'))
   perceptual = {CFG.vgg19.name: perceptual_io.vgg_params_from_state_dict(CFG.vgg19, _state_dicts(weights, 'vgg19')),
                 CFG.vggface.name: perceptual_io.vgg_params_from_state_dict(CFG.vggface, vggface)}
+  return variables, perceptual
+
+
+@pytest.fixture(scope='module')
+def step():
+  batch = _batch(_load('inputs.npz'))
+  variables, perceptual = _reference_weights(fsth_reference.NETWORKS, batch)
   after, metrics = jax.jit(lambda v, p, b: objective.meta_step(CFG, v, p, b))(variables, perceptual, batch)
   tolerances = json.loads((STEP / 'tolerances.json').read_text())['meta_step.npz']
   return jax.device_get(after), jax.device_get(metrics), _load('meta_step.npz'), tolerances
@@ -114,17 +120,8 @@ def test_parameters_and_spectral_vectors_after_the_iteration_match(step):
 
 @pytest.fixture(scope='module')
 def finetune():
-  weights, inputs = _load('weights.npz'), _load('inputs.npz')
-  batch = _batch(inputs)
-  variables = {}
-  for net in ('generator', 'discriminator'):
-    state = _state_dicts(weights, net)
-    if net == 'discriminator':
-      state, _ = fsth_reference.split_video_matrix(state)
-    variables[net] = fsth_reference.variables_from_state_dict(net, state, _abstract(net, batch))
-  vggface = fsth_reference.vggface_to_features_layout(_state_dicts(weights, 'vggface'))
-  perceptual = {CFG.vgg19.name: perceptual_io.vgg_params_from_state_dict(CFG.vgg19, _state_dicts(weights, 'vgg19')),
-                CFG.vggface.name: perceptual_io.vgg_params_from_state_dict(CFG.vggface, vggface)}
+  inputs = _load('inputs.npz')
+  variables, perceptual = _reference_weights(('generator', 'discriminator'), _batch(inputs))
   images = _nhwc(inputs['finetune_images']).astype(np.float32) / 255  # (N, 2, H, W, 3): frame, landmarks
   finetune_batch = {'frame': images[:, 0], 'landmarks': images[:, 1]}
   initial = objective.finetune_init(CFG, variables, inputs['finetune_e_hat'][0, :, 0])

@@ -120,6 +120,26 @@ def discriminator_loss(cfg: MetaStepConfig, d_params: Mapping[str, Any], d_state
   return hinge_loss(real_scores, fake_scores), variables
 
 
+def _discriminator_updates(cfg: MetaStepConfig, loss_fn, optimizer, d_params, d_variables, fake: Array,
+                           batch: Mapping[str, Array], metrics: Dict[str, Any]):
+  """`cfg.discriminator_updates` Adam steps (fresh state) of `loss_fn(cfg, params, state, fake, batch)` on the
+  detached fake; records loss_d1, loss_d2, ... and the first step's gradients ('grad_d') in `metrics`.
+  Returns (params, the other variables after the last call)."""
+  d_state = {k: v for k, v in d_variables.items() if k != 'params'}
+  opt_state = optimizer.init(d_params)
+  fake = jax.lax.stop_gradient(fake)
+  for update in range(1, cfg.discriminator_updates + 1):
+    (loss_d, d_vars), grads_d = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(cfg, d_params, d_state, fake,
+                                                                                      batch)
+    d_state = {k: v for k, v in d_vars.items() if k != 'params'}
+    updates, opt_state = optimizer.update(grads_d, opt_state, d_params)
+    d_params = optax.apply_updates(d_params, updates)
+    metrics[f'loss_d{update}'] = loss_d
+    if update == 1:
+      metrics['grad_d'] = grads_d
+  return d_params, d_state
+
+
 def meta_step(cfg: MetaStepConfig, variables: Mapping[str, Any], perceptual: Mapping[str, Any],
               batch: Mapping[str, Array]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   """One iteration from fresh Adam states; returns (variables and video rows after it, metrics and
@@ -132,19 +152,8 @@ def meta_step(cfg: MetaStepConfig, variables: Mapping[str, Any], perceptual: Map
   trained = optax.apply_updates(trained, updates)
   metrics = {'loss_g': loss_g, **parts, **outputs, 'grad_g': grads_g}
   d_params = {'net': variables['discriminator']['params'], 'video_rows': batch['video_rows']}
-  d_state = {k: v for k, v in after['discriminator'].items() if k != 'params'}
-  optimizer_d = optax.adam(cfg.discriminator_lr)
-  opt_state = optimizer_d.init(d_params)
-  fake = jax.lax.stop_gradient(outputs['x_hat'])
-  for update in range(1, cfg.discriminator_updates + 1):
-    (loss_d, d_vars), grads_d = jax.value_and_grad(discriminator_loss, argnums=1, has_aux=True)(
-        cfg, d_params, d_state, fake, batch)
-    d_state = {k: v for k, v in d_vars.items() if k != 'params'}
-    updates, opt_state = optimizer_d.update(grads_d, opt_state, d_params)
-    d_params = optax.apply_updates(d_params, updates)
-    metrics[f'loss_d{update}'] = loss_d
-    if update == 1:
-      metrics['grad_d'] = grads_d
+  d_params, d_state = _discriminator_updates(cfg, discriminator_loss, optax.adam(cfg.discriminator_lr), d_params,
+                                             after['discriminator'], outputs['x_hat'], batch, metrics)
   new_variables = {'embedder': {**after['embedder'], 'params': trained['embedder']},
                    'generator': {**after['generator'], 'params': trained['generator']},
                    'discriminator': {**d_state, 'params': d_params['net']}}
@@ -212,18 +221,8 @@ def finetune_step(cfg: MetaStepConfig, variables: Mapping[str, Any], perceptual:
   g_params = optax.apply_updates(g_params, updates)
   metrics = {'loss_g': loss_g, **parts, **outputs, 'grad_g': grads_g}
   d_params = variables['discriminator']['params']
-  d_state = {k: v for k, v in after['discriminator'].items() if k != 'params'}
   optimizer_d = _adam_except(cfg.discriminator_lr, d_params, () if train_adaptive else ('w_prime',))
-  opt_state = optimizer_d.init(d_params)
-  fake = jax.lax.stop_gradient(outputs['x_hat'])
-  for update in range(1, cfg.discriminator_updates + 1):
-    (loss_d, d_vars), grads_d = jax.value_and_grad(_finetune_discriminator_loss, argnums=1, has_aux=True)(
-        cfg, d_params, d_state, fake, batch)
-    d_state = {k: v for k, v in d_vars.items() if k != 'params'}
-    updates, opt_state = optimizer_d.update(grads_d, opt_state, d_params)
-    d_params = optax.apply_updates(d_params, updates)
-    metrics[f'loss_d{update}'] = loss_d
-    if update == 1:
-      metrics['grad_d'] = grads_d
+  d_params, d_state = _discriminator_updates(cfg, _finetune_discriminator_loss, optimizer_d, d_params,
+                                             after['discriminator'], outputs['x_hat'], batch, metrics)
   return {'generator': {**after['generator'], 'params': g_params},
           'discriminator': {**d_state, 'params': d_params}}, metrics
