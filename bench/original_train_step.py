@@ -166,13 +166,29 @@ def _measure(repo: str, args_dict: dict, steps: int, project_dir: str, vgg_sourc
     loss, split = iteration()
     splits.append(split)
   assert np.isfinite(loss), loss
+  peak_tensor_gb = _peak_tensor_gb(iteration)
   total = [float(s[:3].sum()) for s in splits]
   fwd, bwd, opt, cpu = (statistics.median(float(s[i]) for s in splits) for i in range(4))
   return {'step_s': statistics.median(total), 'step_min_s': min(total), 'forward_s': fwd, 'backward_s': bwd,
           'optimizer_s': opt, 'cpu_s': cpu, 'threads': torch.get_num_threads(), 'torch': torch.__version__,
           'vgg': vgg_source, 'losses': sorted(runner.losses_history[True]), 'params_with_grad': grads, 'loss': loss,
-          'image_size': args.image_size, 'batch': args.batch_size,
+          'image_size': args.image_size, 'batch': args.batch_size, 'peak_tensor_gb': peak_tensor_gb,
           'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def _peak_tensor_gb(iteration) -> float:
+  """Peak memory of the live tensors (parameters, gradients, optimiser states, activations) during one more
+  iteration, from PyTorch's profiler (its memory timeline, by category, summed at each instant)."""
+  import torch.profiler  # pylint: disable=g-import-not-at-top
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
+                              record_shapes=True, with_stack=True) as profiler:
+    iteration()
+  with tempfile.TemporaryDirectory(prefix='bilayer_orig_mem_') as tmp:
+    path = os.path.join(tmp, 'timeline.json')
+    profiler.export_memory_timeline(path, device='cpu')
+    with open(path, 'rt') as f:
+      _, sizes = json.load(f)
+  return max(sum(s) for s in sizes) / 2**30
 
 
 def main():

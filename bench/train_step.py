@@ -128,6 +128,7 @@ def _measure(name: str, steps: int) -> dict:
   start = time.perf_counter()
   compiled = step_jit.lower(state, batch, perceptual).compile()
   compile_s = time.perf_counter() - start
+  memory = _xla_memory(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', 0.0)) if cost else 0.0
@@ -146,7 +147,38 @@ def _measure(name: str, steps: int) -> dict:
           'batch': b, 'image_size': s, 'compile_s': compile_s, 'step_s': step_s, 'step_min_s': min(times),
           'cpu_s': statistics.median(cpu),
           'images_per_s': b / step_s, 'flops': flops,
-          'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+          'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 'memory': memory}
+
+
+def _xla_memory(compiled) -> dict:
+  """XLA's memory analysis of the compiled step, in GB: the buffers the step needs on its device.
+
+  `device_gb` = arguments + outputs + temporaries - aliased (donated state reused for the new state) +
+  generated code: what the step holds at its peak, the figure to compare with the original's peak tensor
+  memory (peak RSS adds the compiler's and the frameworks' own memory).
+  """
+  analysis = compiled.memory_analysis()
+  gb = lambda name: float(getattr(analysis, name, 0) or 0) / 2**30
+  fields = {'arguments_gb': gb('argument_size_in_bytes'), 'outputs_gb': gb('output_size_in_bytes'),
+            'temporaries_gb': gb('temp_size_in_bytes'), 'aliased_gb': gb('alias_size_in_bytes'),
+            'code_gb': gb('generated_code_size_in_bytes')}
+  fields['device_gb'] = (fields['arguments_gb'] + fields['outputs_gb'] + fields['temporaries_gb'] -
+                         fields['aliased_gb'] + fields['code_gb'])
+  return fields
+
+
+def _print_memory(rows, base) -> None:
+  print(f'\n{"memory (GB)":14} {"arguments":>9} {"outputs":>8} {"temps":>8} {"aliased":>8} {"code":>6} '
+        f'{"device":>8} {"peak RSS":>9}')
+  for r in rows:
+    m = r['memory']
+    print(f'{r["config"]:14} {m["arguments_gb"]:9.3f} {m["outputs_gb"]:8.3f} {m["temporaries_gb"]:8.3f} '
+          f'{m["aliased_gb"]:8.3f} {m["code_gb"]:6.3f} {m["device_gb"]:8.3f} {r["peak_rss_gb"]:9.2f}')
+  if base and base.get('peak_tensor_gb'):
+    print(f'{"original":14} {"":>9} {"":>8} {"":>8} {"":>8} {"":>6} {base["peak_tensor_gb"]:8.3f} '
+          f'{base["peak_rss_gb"]:9.2f}   (device: peak tensor memory of one iteration, torch.profiler)')
+  print('device = arguments + outputs + temporaries - aliased + code (XLA memory analysis); compare it with the '
+        "original's peak tensor memory; peak RSS also counts the compiler and the frameworks")
 
 
 def main():
@@ -201,6 +233,7 @@ def main():
     why = 'no --original_repo' if not args.original_repo else 'no paper config in --configs'
     print(f'baseline "vs original": the original\'s reference figure (another 2-core machine, NOT this run; '
           f'{why}): {SPEC_STEP_S} s/step, {SPEC_PEAK_RSS_GB} GB peak RSS')
+  _print_memory(rows, base)
 
 if __name__ == '__main__':
   main()
