@@ -70,14 +70,18 @@ def parse_flags(argv):
 def parse_private_flags(flag_values: flags.FlagValues, program: str, argv, usage: str) -> flags.FlagValues:
   """Parses `argv` (without the program name) into `flag_values`, a FlagValues of the program's own (so its
   main can run more than once in a process, e.g. from tests). `--help` prints `usage` and the flags and
-  exits 0; a bad flag raises InvalidArgumentError (one line)."""
+  exits 0; a bad flag, or an argument that is not a flag (e.g. the rest of an unquoted glob, or `--flag value`
+  for a boolean), raises InvalidArgumentError (one line)."""
   if '--help' in argv or '-h' in argv:
     print(usage + '\n' + flag_values.get_help())
     sys.exit(errors.EXIT_OK)
   try:
-    flag_values([program, *argv])
+    leftover = flag_values([program, *argv])[1:]
   except flags.Error as e:
     raise errors.InvalidArgumentError(str(e)) from e
+  if leftover:
+    raise errors.InvalidArgumentError(f'unexpected arguments {leftover} (quote globs; booleans are --flag or '
+                                      '--noflag)')
   return flag_values
 
 

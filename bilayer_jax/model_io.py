@@ -127,10 +127,12 @@ def load_config(directory: os.PathLike) -> Tuple[Any, Dict[str, Any]]:
   if not path.is_file():
     raise ParamsDirError(f'{directory} is not a bilayer_jax params directory (no config.json)')
   info = json.loads(path.read_text())
-  if info.get('format') == _FIRST_FORMAT:
-    info = {**info, 'format': FORMAT, 'family': 'bilayer', 'model_config': info.pop('bilayer_config')}
-  if info.get('format') != FORMAT:
-    raise ParamsDirError(f'{path}: format {info.get("format")!r}, expected {FORMAT!r}')
+  if info.get('format') == _FIRST_FORMAT and 'bilayer_config' in info:
+    info = {k: v for k, v in info.items() if k != 'bilayer_config'} | {
+        'format': FORMAT, 'family': 'bilayer', 'model_config': info['bilayer_config']}
+  if info.get('format') != FORMAT or 'family' not in info or 'model_config' not in info:
+    raise ParamsDirError(f'{path}: format {info.get("format")!r} with keys {sorted(info)}, expected {FORMAT!r} '
+                         'with family and model_config')
   try:
     return config_lib.model_config_from_dict(info['family'], info['model_config']), info
   except config_lib.ConfigError as e:

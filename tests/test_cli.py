@@ -60,6 +60,8 @@ def test_private_flags_parse_twice_in_a_process_and_bad_flags_are_user_errors(ca
   assert parse(['--n=3']).n == 3 and parse([]).n == 1
   with pytest.raises(errors.InvalidArgumentError, match="flag --n=x"):
     parse(['--n=x'])
+  with pytest.raises(errors.InvalidArgumentError, match=r"unexpected arguments \['b.mp4'\]"):
+    parse(['--n=2', 'b.mp4'])
   with pytest.raises(SystemExit) as ended:
     parse(['--help'])
   assert ended.value.code == errors.EXIT_OK and 'usage: prog' in capsys.readouterr().out

@@ -139,3 +139,13 @@ def test_full_size_parameter_counts_are_the_references():
   assert _parameter_count(networks.Embedder(full), image, image) == 14_907_265
   assert _parameter_count(networks.Generator(full), image, embedding) == 38_160_037
   assert _parameter_count(networks.Discriminator(full), image, image, embedding) == 19_644_290 - 16_384
+
+
+def test_fresh_convolutions_use_torchs_xavier_bound():
+  """The reference's train.py re-initialises convolutions with xavier_uniform_: bound sqrt(6 / ((I + O) k²))."""
+  from bilayer_jax.models.fsth import blocks  # pylint: disable=g-import-not-at-top
+  for cin, cout, k in ((6, 64, 9), (64, 64, 3)):
+    kernel = blocks.Conv(cout, k).init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, cin), np.float32))
+    weights = np.asarray(kernel['params']['kernel'])
+    bound = np.sqrt(6 / ((cin + cout) * k * k))
+    assert bound * 0.95 < np.abs(weights).max() <= bound

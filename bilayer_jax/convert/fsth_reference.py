@@ -102,7 +102,10 @@ def variables_from_state_dict(network: str, state_dict: Mapping[str, np.ndarray]
     if location not in expected:
       problems.append(f'unexpected key {key!r}')
       continue
-    array = _to_flax(np.asarray(value, np.float32), location[1].rsplit('/', 1)[-1])
+    try:
+      array = _to_flax(np.asarray(value, np.float32), location[1].rsplit('/', 1)[-1])
+    except ValueError:  # a rank or size the layout change cannot take
+      array = np.asarray(value)
     if array.shape != tuple(expected[location].shape):
       problems.append(f'key {key!r}: expected shape {_torch_shape(location, expected[location].shape)}, '
                       f'found {tuple(np.shape(value))}')

@@ -40,7 +40,8 @@ class Training:
 
   Attributes:
     step_config: (run config, stage name) -> a static, hashable description of one stage's step (changing
-      it recompiles); it has `.model` (the architecture), `.stage` and `.networks_to_train`.
+      it recompiles); it has `.model` (the architecture), `.stage`, `.networks_to_train` and
+      `.generator_train_modes` (the generator-side networks in train mode, for standing statistics).
     dummy_batch: run config -> zeros shaped like one global training batch (for shapes and compilation).
     variable_shapes: (cfg, batch) -> abstract model variables.
     init_variables: (cfg, seed, shapes) -> fresh model variables, made on the host.

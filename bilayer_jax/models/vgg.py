@@ -93,7 +93,7 @@ class VGGFeatures(nn.Module):
         x = jax.nn.relu(x)
       else:
         n, h, w, c = x.shape
-        windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
+        windows = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)  # odd sizes: floor
         x = windows.max(axis=(2, 4)) if self.spec.pool == 'max' else windows.mean(axis=(2, 4))
       if index in self.spec.layers:
         feats.append(x)

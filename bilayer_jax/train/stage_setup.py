@@ -69,8 +69,8 @@ def compile_functions(training: base.Training, config: config_lib.RunConfig, cfg
   stats_networks = ()
   if config.standing_stats.enabled:
     stats_networks = tuple(n for n in config.standing_stats.networks if n in cfg.generator_train_modes)
-  stats = training.make_stats_fn(cfg, stats_networks).lower(abs_gen, abs_batch).compile() if stats_networks \
-      else None
+  stats_fn = training.make_stats_fn(cfg, stats_networks) if stats_networks else None
+  stats = stats_fn.lower(abs_gen, abs_batch).compile() if stats_fn is not None else None
   eval_names = [n for n in metrics_lib.parse_metrics(config.eval.periodic_metrics) if n in metrics_lib.DEVICE_METRICS]
   lpips = lpips_lib.LPIPS() if 'lpips' in eval_names else None
   lpips_vars = jax.device_put(lpips.variables, repl) if lpips else None

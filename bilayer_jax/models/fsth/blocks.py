@@ -19,8 +19,9 @@ Array = jax.Array
 
 
 def xavier_uniform_conv():
-  """The reference's training script re-initialises every convolution weight with xavier_uniform."""
-  return nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3)
+  """The reference's training script re-initialises every convolution weight with xavier_uniform: for an HWIO
+  kernel, fan_in = I·k² and fan_out = O·k², as torch.nn.init.xavier_uniform_ computes them."""
+  return nn.initializers.xavier_uniform()
 
 
 class Conv(nn.Module):
