@@ -90,13 +90,13 @@ def load_animator(config, workdir: str) -> Tuple[Any, str]:
       cfg, variables, _ = family.converters['original'].import_run(
           ev.params, ev.original_epoch, ev.original_enh_run_dir or None, ev.original_enh_epoch or None)
       return family.animator(cfg, variables['generator']), f'original run {ev.params} epoch {ev.original_epoch}'
-    return family.animator_from_params(ev.params), f'params {ev.params}'
+    return families.animator_from_params(ev.params), f'params {ev.params}'
   for stage_dir in _stage_dirs(config, workdir):
     step = _latest_step(stage_dir)
     params_dir = pathlib.Path(stage_dir) / 'params'
     params_step = model_io.load_config(params_dir)[1]['metadata'].get('step', -1) if params_dir.is_dir() else None
     if params_step is not None and (step is None or params_step >= step):
-      return family.animator_from_params(str(params_dir)), f'{params_dir} (step {params_step})'
+      return families.animator_from_params(str(params_dir)), f'{params_dir} (step {params_step})'
     if step is not None:
       return _from_checkpoint(family, config, stage_dir, step), f'{stage_dir} checkpoint step {step}'
   raise model_io.ParamsDirError(f'nothing to evaluate: {workdir} has no checkpoint or params, and eval.params is '
