@@ -12,6 +12,7 @@ training (`config.init_from`) and inference load; it appears only once completel
 from absl import flags
 
 from bilayer_jax import cli
+from bilayer_jax import errors
 from bilayer_jax import model_io
 from bilayer_jax import xla_cpu
 
@@ -31,6 +32,8 @@ def _define_flags():
 def import_run(run_dir, epoch, enh_run_dir=None, enh_epoch=None, out=None, family='bilayer'):
   """Imports the run(s) into the params directory `out` (must not exist); returns its path."""
   from bilayer_jax import families  # pylint: disable=g-import-not-at-top
+  if family not in families.FAMILIES:
+    raise errors.InvalidArgumentError(f'--family={family!r}: expected one of {", ".join(sorted(families.FAMILIES))}')
   converter = families.get(family).converters['original']
   cfg, variables, metadata = converter.import_run(run_dir, epoch, enh_run_dir, enh_epoch)
   metadata = {**metadata, 'imported_from': {'run_dir': str(run_dir), 'epoch': str(epoch),

@@ -11,6 +11,9 @@ code produced), which pins down every detail below:
 * lines are OpenCV ``polylines`` with 8-connected rasterisation and no
   anti-aliasing;
 * the canvas starts at 1 (not 0), so the background is ``(1/255 - .5) * 2``.
+
+``draw_fsth_sketches`` draws the FSTH reference's coloured sketches of the same poses instead
+(``bilayer_jax.face.sketch``); ``STYLES`` names both for the input pipeline.
 """
 
 from collections.abc import Sequence
@@ -98,5 +101,5 @@ def draw_fsth_sketches(poses: np.ndarray, image_size: int, thickness: int = 2) -
   return images.astype(np.float32) / 255 * 2 - 1
 
 
-# Landmark-image styles the input pipeline can draw (config.data.landmark_style).
+# Landmark-image styles the input pipeline can draw (`input_pipeline.create_dataset(landmark_style=...)`).
 STYLES = {'stickman': draw_stickmen, 'fsth_sketch': draw_fsth_sketches}
