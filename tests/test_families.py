@@ -14,10 +14,12 @@ from configs import demo
 
 
 def test_the_registry_and_the_config_agree_on_every_family():
-  assert set(families.FAMILIES) == set(config_lib.MODEL_CONFIGS)
+  assert set(families.FAMILIES) == set(config_lib.MODEL_CONFIGS) == set(config_lib.FAMILY_SECTIONS) == set(
+      config_checks.FAMILY_CHECKS)
+  assert 'original' in families.get('bilayer').converters
   for name, family in families.FAMILIES.items():
     assert family.name == name and family.model_config is config_lib.MODEL_CONFIGS[name]
-    assert isinstance(family.training, base.Training) and 'original' in family.converters
+    assert isinstance(family.training, base.Training)
     for stage in family.stages:
       assert stage.objective and set(stage.networks) <= set(family.networks), (name, stage.name)
 
@@ -31,12 +33,23 @@ def test_the_bilayer_stages_are_the_configs_defaults():
 
 
 def test_an_unknown_family_is_a_config_error_naming_the_known_ones():
-  with pytest.raises(config_lib.ConfigError, match="config.family='fsth': expected one of bilayer"):
-    families.get('fsth')
+  with pytest.raises(config_lib.ConfigError, match="config.family='lpd': expected one of bilayer, fsth"):
+    families.get('lpd')
+  config = demo.get_config()
+  config.family = 'lpd'
+  with pytest.raises(config_lib.ConfigError, match="config.family='lpd': expected one of bilayer, fsth"):
+    config_checks.check(config, num_devices=1)
+
+
+def test_a_config_of_one_family_with_another_familys_fields_names_them():
   config = demo.get_config()
   config.family = 'fsth'
-  with pytest.raises(config_lib.ConfigError, match="config.family='fsth': expected one of bilayer"):
+  with pytest.raises(config_lib.ConfigError) as error:
     config_checks.check(config, num_devices=1)
+  message = str(error.value)
+  assert 'config.model: no such fields bn_momentum, dis_activation_type, dis_downsampling_type and ' in message
+  assert '(config.model is a FSTHConfig; start from a config file of this family)' in message
+  assert 'config.loss: no such fields adv_loss_weight' in message and len(message) < 1000
 
 
 def test_a_params_directory_names_its_family(small_run, tmp_path):

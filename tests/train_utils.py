@@ -7,7 +7,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
+from bilayer_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+from bilayer_jax.models.fsth.config import FSTHConfig  # pylint: disable=g-import-not-at-top
 from configs import demo  # pylint: disable=g-import-not-at-top
+from configs import fsth_demo  # pylint: disable=g-import-not-at-top
+
+# The smallest FSTH that runs the whole architecture: 64² frames, width 4 (a 32-d embedding).
+TINY_FSTH = FSTHConfig(image_size=64, padded_size=64, discriminator_pad_from=64, width=4)
 
 
 def tiny_config(data_dir: str, stage: str = 'base', num_steps: int = 4, batch_size: int = 2):
@@ -19,6 +25,24 @@ def tiny_config(data_dir: str, stage: str = 'base', num_steps: int = 4, batch_si
   c.enhancer_num_steps = 2
   c.loss.per_vgg16_lpips_weight = 0.0  # the perceptual nets have their own tests; keep compiles short
   c.standing_stats.num_batches = 1
+  c.log.every_steps = 1
+  c.log.image_every_steps = 2
+  c.log.eval_every_steps = 2
+  c.log.eval_batches = 1
+  c.log.checkpoint_every_steps = 2
+  c.log.keep_checkpoints = 5
+  return c
+
+
+def tiny_fsth_config(data_dir: str, num_steps: int = 4):
+  """The FSTH demo config shrunk for tests: K = 2, 2 videos per batch, every period 2 steps."""
+  c = fsth_demo.get_config()
+  c.model = config_lib.to_config_dict(TINY_FSTH)
+  c.data.data_dir = str(data_dir)
+  c.data.num_source_frames = 2
+  c.batch_size = 2
+  c.num_steps = num_steps
+  c.loss.lpips_vgg16_weight = 0.0  # the content networks have their own tests; keep compiles short
   c.log.every_steps = 1
   c.log.image_every_steps = 2
   c.log.eval_every_steps = 2

@@ -86,7 +86,7 @@ def _select(example, index, *, num_samples: int, seed: tf.Tensor):
   return {'frames': tf.gather(example['frames'], idx),
           'segs': tf.gather(example['segs'], idx),
           'keypoints': tf.gather(example['keypoints'], idx),
-          'video': tf.strings.join([example['person_id'], example['video_id']], '/')}
+          'example_index': example['example_index']}
 
 
 def decode_frames(selected, *, image_size: int, stored_size: int,
@@ -122,11 +122,6 @@ def decode_frames(selected, *, image_size: int, stored_size: int,
   return out
 
 
-def video_hash(video: tf.Tensor) -> tf.Tensor:
-  """int64 in [0, 2^62): FarmHash of 'person_id/video_id' (the same on every host and run)."""
-  return tf.strings.to_hash_bucket_fast(video, 2**62)
-
-
 class DatasetNotFoundError(errors.UserError, FileNotFoundError):
   """No prepared dataset of that name in the data directory."""
 
@@ -145,27 +140,33 @@ def load_builder(data_dir: str, dataset_name: str = DEMO_DATASET_NAME):
 
 def _host_records(builder, split: str, index: int, count: int, seed: int,
                   shuffle: bool, repeat: bool) -> tf.data.Dataset:
-  """Serialized examples of this host: its files, or its examples.
+  """(example index in the split, serialized example) pairs of this host.
 
   With at least as many files as hosts, host i reads files i, i + count, ...
   Otherwise every host reads all files in the same (seeded) order and keeps
   every count-th example; without repeat each host then gets the same number
   of examples (the remainder is dropped) so that evaluation loops agree.
+  The example index (file offset + position in the file) is dense in
+  [0, num_examples) and the same on every host and run.
   """
   info = builder.info.splits[split]
-  files = sorted(os.path.join(builder.data_dir, f) for f in info.filenames)
-  per_file = len(files) >= count
+  offsets = np.concatenate([[0], np.cumsum(info.shard_lengths)[:-1]]).astype(np.int64)
+  pairs = sorted(zip((os.path.join(builder.data_dir, f) for f in info.filenames), offsets))
+  per_file = len(pairs) >= count
   if per_file:
-    files = files[index::count]
-  ds = tf.data.Dataset.from_tensor_slices(files)
+    pairs = pairs[index::count]
+  ds = tf.data.Dataset.from_tensor_slices(([p[0] for p in pairs], [p[1] for p in pairs]))
   if shuffle:
     # The same seed on every host: example sharding needs one file order.
-    ds = ds.shuffle(len(files), seed=seed % 2**63,
+    ds = ds.shuffle(len(pairs), seed=seed % 2**63,
                     reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  ds = ds.interleave(tf.data.TFRecordDataset,
-                     cycle_length=min(len(files), 16), block_length=1,
+
+  def records(path, offset):
+    return tf.data.TFRecordDataset(path).enumerate().map(lambda i, record: (tf.cast(offset, tf.int64) + i, record))
+
+  ds = ds.interleave(records, cycle_length=min(len(pairs), 16), block_length=1,
                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if not per_file:
     ds = ds.shard(count, index)
@@ -181,7 +182,7 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
                    process_count: int | None = None,
                    dataset_name: str = DEMO_DATASET_NAME,
                    shuffle_buffer: int = 512, stickmen_thickness: int = 2,
-                   landmark_style: str = 'stickman', with_video_hash: bool = False
+                   landmark_style: str = 'stickman', with_video_index: bool = False
                    ) -> tf.data.Dataset:
   """Host-local batches of source/target frames of the same video.
 
@@ -203,9 +204,9 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
     stickmen_thickness: stickman line width (original: 2).
     landmark_style: 'stickman' (bi-layer) or 'fsth_sketch' (the FSTH
       reference's coloured sketches), see `stickman.STYLES`.
-    with_video_hash: add 'video_hash' (B,) int64, a stable hash of the
-      example's person_id/video_id (per-video parameters such as FSTH's
-      embedding matrix are indexed by it).
+    with_video_index: add 'video_index' (B,) int32, the example's index in
+      the split (dense in [0, num_examples): one example is one video, so
+      per-video parameters such as FSTH's embedding matrix are its rows).
 
   Returns:
     A tf.data.Dataset of dicts with ``{source,target}_{imgs,segs,poses,
@@ -221,7 +222,8 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
   parser = tfds.core.example_parser.ExampleParser(
       builder.info.features.get_serialized_info())
   # Parse only: frames and masks stay encoded until frames are selected.
-  ds = ds.map(parser.parse_example, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(lambda example_index, record: {**parser.parse_example(record), 'example_index': example_index},
+              num_parallel_calls=tf.data.AUTOTUNE)
   k = num_source_frames + num_target_frames
   ds = ds.enumerate().map(
       lambda i, ex: _select(ex, i, num_samples=k,
@@ -234,7 +236,7 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
       _decode_example, image_size=image_size,
       stored_size=builder.info.features['frames'].shape[1],
       num_source=num_source_frames, thickness=stickmen_thickness,
-      landmark_style=landmark_style, with_video_hash=with_video_hash)
+      landmark_style=landmark_style, with_video_index=with_video_index)
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
@@ -242,10 +244,10 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _decode_example(selected, *, with_video_hash: bool, **decode_args):
+def _decode_example(selected, *, with_video_index: bool, **decode_args):
   out = decode_frames(selected, **decode_args)
-  if with_video_hash:
-    out['video_hash'] = video_hash(selected['video'])
+  if with_video_index:
+    out['video_index'] = tf.cast(selected['example_index'], tf.int32)
   return out
 
 

@@ -2,7 +2,10 @@
 
 import math
 import re
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping, Sequence
+
+import jax
+import numpy as np
 
 from bilayer_jax.evaluators import metrics as metrics_lib
 
@@ -17,6 +20,14 @@ _DESCRIPTIONS = {
     'nme_face_alignment': 'landmark error / inter-ocular distance, face-alignment FAN',
     'fid': 'FID, generated vs real frames (standard Inception pool3; biased below thousands of frames)',
 }
+
+
+def image_grid(columns: Mapping[str, Any], order: Sequence[str], max_rows: int) -> np.ndarray:
+  """Image columns (each (N, H, W, 3) in [-1, 1]) side by side in `order` (those present), the first
+  `max_rows` rows; uint8 (H, W, 3) for TensorBoard."""
+  arrays = [np.asarray(jax.device_get(columns[k]), np.float32)[:max_rows] for k in order if k in columns]
+  grid = np.concatenate([np.concatenate(list(a), axis=0) for a in arrays], axis=1)
+  return np.round((np.clip(grid, -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
 def folder_name(description: str) -> str:

@@ -14,8 +14,9 @@ from bilayer_jax import config as config_lib
 from bilayer_jax import model_io
 from bilayer_jax.families import base
 from bilayer_jax.families import bilayer
+from bilayer_jax.families import fsth
 
-FAMILIES: Dict[str, base.ModelFamily] = {family.name: family for family in (bilayer.FAMILY,)}
+FAMILIES: Dict[str, base.ModelFamily] = {family.name: family for family in (bilayer.FAMILY, fsth.FAMILY)}
 
 
 def get(name: str) -> base.ModelFamily:

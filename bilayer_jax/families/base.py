@@ -57,6 +57,10 @@ class Training:
       family has none.
     standing_statistics: (stats fn, state, batches, networks) -> the state with averaged statistics.
     image_grid: (image columns, rows) -> one uint8 image for TensorBoard.
+    row_sharded: top-level state entries sharded by rows over the mesh whatever `mesh.fsdp` says (e.g.
+      a per-video table).
+    with_video_index: the batches carry 'video_index' (the example's index in its split).
+    landmark_style: how the input pipeline draws landmark images (`bilayer_jax.data.stickman.STYLES`).
   """
   step_config: Callable[..., Any]
   dummy_batch: Callable[..., Any]
@@ -71,6 +75,9 @@ class Training:
   make_stats_fn: Callable[..., Any]
   standing_statistics: Callable[..., Any]
   image_grid: Callable[..., Any]
+  row_sharded: Tuple[str, ...] = ()
+  with_video_index: bool = False
+  landmark_style: str = 'stickman'
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,66 @@ class Avatar:
     return {'texture': self.texture, 'adaptive': self.adaptive}
 
 
-class Animator:
+class PoseDriven:
+  """What every family's animator shares: `composite` and `drive` on top of its own `render(avatar, poses)`,
+  `preprocessor` and `chunk` (and `avatar.source.poses`, the fallback pose)."""
+
+  @staticmethod
+  def composite(out: Mapping[str, np.ndarray], background: Union[Sequence[int], np.ndarray] = (255, 255, 255)
+                ) -> np.ndarray:
+    """Rendered outputs -> uint8 RGB frames composited onto a colour or a (H, W, 3) uint8 image."""
+    rgb = (np.clip(out['image'], -1, 1) + 1) / 2
+    mask = out.get('mask', np.ones(rgb.shape[:-1] + (1,), np.float32))
+    size = rgb.shape[1]
+    bg = np.asarray(background, np.float32)
+    if bg.ndim == 3:
+      bg = preprocess.images.resize_bicubic(np.asarray(background, np.uint8), size).astype(np.float32)
+    bg = np.broadcast_to(bg / 255, rgb.shape[1:])
+    return np.round((rgb * mask + bg * (1 - mask)) * 255).astype(np.uint8)
+
+  def drive(self, avatar: Avatar, frames: Iterable[np.ndarray], timings: Optional[Dict[str, float]] = None,
+            coverage: Optional[preprocess.FaceCoverage] = None
+            ) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray], Dict[str, np.ndarray]]]:
+    """Renders the avatar with the poses of driving frames (detected and cropped per frame).
+
+    Yields (frame, driver crop or None, rendered outputs of this frame). Frames without a face reuse the
+    last detected pose (before the first face: the source photo's pose). Frames are rendered in chunks
+    of `chunk`; `timings` (if given) accumulates seconds under 'detect' and 'render'. With `coverage`,
+    the frames with a face are counted and too few raise preprocess.DriverFaceError.
+    """
+    timings = {} if timings is None else timings
+    timings.setdefault('detect', 0.0)
+    timings.setdefault('render', 0.0)
+    last_pose = avatar.source.poses.reshape(-1) if avatar.source is not None else None
+    pending = []
+
+    def flush():
+      start = time.perf_counter()
+      out = self.render(avatar, np.stack([p for _, _, p in pending]))
+      timings['render'] += time.perf_counter() - start
+      for i, (frame, crop, _) in enumerate(pending):
+        yield frame, crop, {k: v[i] for k, v in out.items()}
+      pending.clear()
+
+    detections = self.preprocessor.driver_poses(frames, coverage)
+    while True:
+      start = time.perf_counter()
+      item = next(detections, None)
+      timings['detect'] += time.perf_counter() - start
+      if item is None:
+        break
+      frame, pose, crop = item
+      if pose is None and last_pose is None:
+        raise preprocess.NoFaceError('no face in the first driving frames and no source pose to fall back on')
+      last_pose = pose if pose is not None else last_pose
+      pending.append((frame, crop, last_pose))
+      if len(pending) == self.chunk:
+        yield from flush()
+    if pending:
+      yield from flush()
+
+
+class Animator(PoseDriven):
   """Initialises avatars from photos and renders them in any pose.
 
   Args:
@@ -145,57 +204,3 @@ class Animator:
         names = {'imgs': 'image', 'segs': 'mask', 'lf_rgbs': 'lf', 'hf_rgbs': 'hf', 'uvs': 'uv'}
         outs.append({new: out[old][0] for old, new in names.items() if old in out})
     return {k: np.concatenate([o[k] for o in outs])[:t] for k in (outs[0] if outs else {})}
-
-  @staticmethod
-  def composite(out: Mapping[str, np.ndarray], background: Union[Sequence[int], np.ndarray] = (255, 255, 255)
-                ) -> np.ndarray:
-    """Rendered outputs -> uint8 RGB frames composited onto a colour or a (H, W, 3) uint8 image."""
-    rgb = (np.clip(out['image'], -1, 1) + 1) / 2
-    mask = out.get('mask', np.ones(rgb.shape[:-1] + (1,), np.float32))
-    size = rgb.shape[1]
-    bg = np.asarray(background, np.float32)
-    if bg.ndim == 3:
-      bg = preprocess.images.resize_bicubic(np.asarray(background, np.uint8), size).astype(np.float32)
-    bg = np.broadcast_to(bg / 255, rgb.shape[1:])
-    return np.round((rgb * mask + bg * (1 - mask)) * 255).astype(np.uint8)
-
-  def drive(self, avatar: Avatar, frames: Iterable[np.ndarray], timings: Optional[Dict[str, float]] = None,
-            coverage: Optional[preprocess.FaceCoverage] = None
-            ) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray], Dict[str, np.ndarray]]]:
-    """Renders the avatar with the poses of driving frames (detected and cropped per frame).
-
-    Yields (frame, driver crop or None, rendered outputs of this frame). Frames without a face reuse the
-    last detected pose (before the first face: the source photo's pose). Frames are rendered in chunks
-    of `chunk`; `timings` (if given) accumulates seconds under 'detect' and 'render'. With `coverage`,
-    the frames with a face are counted and too few raise preprocess.DriverFaceError.
-    """
-    timings = {} if timings is None else timings
-    timings.setdefault('detect', 0.0)
-    timings.setdefault('render', 0.0)
-    last_pose = avatar.source.poses.reshape(-1) if avatar.source is not None else None
-    pending = []
-
-    def flush():
-      start = time.perf_counter()
-      out = self.render(avatar, np.stack([p for _, _, p in pending]))
-      timings['render'] += time.perf_counter() - start
-      for i, (frame, crop, _) in enumerate(pending):
-        yield frame, crop, {k: v[i] for k, v in out.items()}
-      pending.clear()
-
-    detections = self.preprocessor.driver_poses(frames, coverage)
-    while True:
-      start = time.perf_counter()
-      item = next(detections, None)
-      timings['detect'] += time.perf_counter() - start
-      if item is None:
-        break
-      frame, pose, crop = item
-      if pose is None and last_pose is None:
-        raise preprocess.NoFaceError('no face in the first driving frames and no source pose to fall back on')
-      last_pose = pose if pose is not None else last_pose
-      pending.append((frame, crop, last_pose))
-      if len(pending) == self.chunk:
-        yield from flush()
-    if pending:
-      yield from flush()

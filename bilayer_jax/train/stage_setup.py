@@ -25,7 +25,8 @@ def state_layout(training: base.Training, config: config_lib.RunConfig, cfg, mes
   """(variable shapes, abstract training state, its shardings) of one stage, without computing anything."""
   shapes = training.variable_shapes(cfg, training.dummy_batch(config))
   abstract_state = jax.eval_shape(functools.partial(training.init_state, cfg), shapes)
-  state_sh = sharding.state_shardings(abstract_state, mesh, config.mesh.fsdp, config.mesh.fsdp_min_size)
+  state_sh = sharding.state_shardings(abstract_state, mesh, config.mesh.fsdp, config.mesh.fsdp_min_size,
+                                      training.row_sharded)
   return shapes, abstract_state, state_sh
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bilayer_jax.evaluators import metrics as metrics_lib
+from bilayer_jax.evaluators import report
 from bilayer_jax.families.bilayer import objective
 from bilayer_jax.models.bilayer import apply_mask
 
@@ -109,6 +110,4 @@ GRID_COLUMNS = ('source', 'target', 'prediction', 'lf', 'warped_texture', 'textu
 
 def image_grid(columns: Mapping[str, Any], max_rows: int) -> np.ndarray:
   """Rows = identities, columns = GRID_COLUMNS (those present); uint8 (H, W, 3)."""
-  arrays = [np.asarray(jax.device_get(columns[k]), np.float32)[:max_rows] for k in GRID_COLUMNS if k in columns]
-  grid = np.concatenate([np.concatenate(list(a), axis=0) for a in arrays], axis=1)
-  return np.round((np.clip(grid, -1, 1) + 1) * 127.5).astype(np.uint8)
+  return report.image_grid(columns, GRID_COLUMNS, max_rows)

@@ -29,17 +29,40 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class MetaStepConfig:
-  """The reference's training settings (params/params.py, train.py, loss/*.py)."""
+  """The reference's training settings (params/params.py, train.py, loss/*.py) and the trainer's stage.
+
+  The run config's `loss` and `optim` sections (bilayer_jax.config.FSTHLossConfig, FSTHOptimConfig) say
+  what each field means; `families/fsth/setup.py` builds this from them.
+  """
   model: FSTHConfig = FSTHConfig()
   vgg19: vgg.VGGSpec = vgg.FSTH_VGG19
   vggface: vgg.VGGSpec = vgg.FSTH_VGGFACE
   vgg19_weight: float = 0.15
   vggface_weight: float = 0.025
+  lpips_vgg16_weight: float = 0.0
   feature_matching_weight: float = 10.0
   match_weight: float = 10.0
   generator_lr: float = 5e-5  # embedder + generator
   discriminator_lr: float = 2e-4
   discriminator_updates: int = 2
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  adam_eps: float = 1e-8
+  reload_rows_through_leaky_relu: bool = True
+  target_in_sources: bool = True
+  # The trainer's view (bilayer_jax.families.base.Training): the stage, what it trains, rows of the
+  # per-video matrix (the training split's examples, padded to a multiple of the devices).
+  stage: str = 'meta'
+  networks_to_train: Tuple[str, ...] = ('embedder', 'generator', 'discriminator')
+  generator_train_modes: Tuple[str, ...] = ()  # no batch statistics to stand
+  num_video_rows: int = 0
+
+  @property
+  def content_terms(self) -> Tuple[Tuple[vgg.VGGSpec, float], ...]:
+    """(network, weight) of each content-loss term in use."""
+    terms = ((self.vgg19, self.vgg19_weight), (self.vggface, self.vggface_weight),
+             (vgg.FSTH_VGG16_LPIPS, self.lpips_vgg16_weight))
+    return tuple((spec, weight) for spec, weight in terms if weight)
 
 
 def _l1(a: Array, b: Array) -> Array:
@@ -49,7 +72,7 @@ def _l1(a: Array, b: Array) -> Array:
 def content_loss(cfg: MetaStepConfig, perceptual: Mapping[str, Any], real: Array, fake: Array) -> Array:
   """0.15 Σ_l L1(VGG19_l) + 0.025 Σ_l L1(VGGFace_l), the real image's features fixed."""
   total = 0.0
-  for spec, weight in ((cfg.vgg19, cfg.vgg19_weight), (cfg.vggface, cfg.vggface_weight)):
+  for spec, weight in cfg.content_terms:
     net = vgg.VGGFeatures(spec)
     real_feats = jax.lax.stop_gradient(net.apply(perceptual[spec.name], real))
     fake_feats = net.apply(perceptual[spec.name], fake)
@@ -120,44 +143,109 @@ def discriminator_loss(cfg: MetaStepConfig, d_params: Mapping[str, Any], d_state
   return hinge_loss(real_scores, fake_scores), variables
 
 
-def _discriminator_updates(cfg: MetaStepConfig, loss_fn, optimizer, d_params, d_variables, fake: Array,
-                           batch: Mapping[str, Array], metrics: Dict[str, Any]):
-  """`cfg.discriminator_updates` Adam steps (fresh state) of `loss_fn(cfg, params, state, fake, batch)` on the
-  detached fake; records loss_d1, loss_d2, ... and the first step's gradients ('grad_d') in `metrics`.
-  Returns (params, the other variables after the last call)."""
+def adam(cfg: MetaStepConfig, lr: float) -> optax.GradientTransformation:
+  return optax.adam(lr, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps)
+
+
+def _optax_update(optimizer: optax.GradientTransformation):
+  """(grads, params, state) -> (params, state) of one step of `optimizer`."""
+  def update(grads, params, opt_state):
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+  return update
+
+
+def init_row_moments(rows: Array) -> Dict[str, Array]:
+  """Adam moments of per-video rows (N, C): each row has its own step count."""
+  return {'mu': jnp.zeros_like(rows), 'nu': jnp.zeros_like(rows), 'count': jnp.zeros(rows.shape[:1], jnp.int32)}
+
+
+def row_adam(cfg: MetaStepConfig, grads: Array, rows: Array, moments: Mapping[str, Array]):
+  """One Adam step (lr `discriminator_lr`) of each row with its own moments and step count, as if every
+  video's row had its own optimiser: the per-video matrix is updated only in the rows of the batch's videos.
+  Returns (rows, moments)."""
+  b1, b2 = cfg.adam_b1, cfg.adam_b2
+  count = moments['count'] + 1
+  mu = b1 * moments['mu'] + (1 - b1) * grads
+  nu = b2 * moments['nu'] + (1 - b2) * grads * grads
+  step = count.astype(rows.dtype)[:, None]
+  mu_hat, nu_hat = mu / (1 - b1 ** step), nu / (1 - b2 ** step)
+  rows = rows - cfg.discriminator_lr * mu_hat / (jnp.sqrt(nu_hat) + cfg.adam_eps)
+  return rows, {'mu': mu, 'nu': nu, 'count': count}
+
+
+def meta_discriminator_update(cfg: MetaStepConfig):
+  """(grads, params, state) -> (params, state) of the discriminator's Adam step in meta-learning: params
+  {'net', 'video_rows'}, state {'net': Adam state of the network, 'rows': `init_row_moments` of the rows}."""
+  net_update = _optax_update(adam(cfg, cfg.discriminator_lr))
+
+  def update(grads, params, opt_state):
+    net, net_state = net_update(grads['net'], params['net'], opt_state['net'])
+    rows, row_state = row_adam(cfg, grads['video_rows'], params['video_rows'], opt_state['rows'])
+    return {'net': net, 'video_rows': rows}, {'net': net_state, 'rows': row_state}
+
+  return update
+
+
+def discriminator_updates(cfg: MetaStepConfig, loss_fn, update_fn, d_params, opt_state, d_variables,
+                          fake: Array, batch: Mapping[str, Array], metrics: Dict[str, Any]):
+  """`cfg.discriminator_updates` steps `update_fn(grads, params, opt_state)` of `loss_fn(cfg, params, state,
+  fake, batch)` on the detached fake; records loss_d1, loss_d2, ... and the first step's gradients
+  ('grad_d') in `metrics`. Returns (params, the other variables after the last call, optimiser state)."""
   d_state = {k: v for k, v in d_variables.items() if k != 'params'}
-  opt_state = optimizer.init(d_params)
   fake = jax.lax.stop_gradient(fake)
   for update in range(1, cfg.discriminator_updates + 1):
     (loss_d, d_vars), grads_d = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(cfg, d_params, d_state, fake,
                                                                                       batch)
     d_state = {k: v for k, v in d_vars.items() if k != 'params'}
-    updates, opt_state = optimizer.update(grads_d, opt_state, d_params)
-    d_params = optax.apply_updates(d_params, updates)
+    d_params, opt_state = update_fn(grads_d, d_params, opt_state)
     metrics[f'loss_d{update}'] = loss_d
     if update == 1:
       metrics['grad_d'] = grads_d
-  return d_params, d_state
+  return d_params, d_state, opt_state
+
+
+def meta_iteration(cfg: MetaStepConfig, variables: Mapping[str, Any], video_rows: Array,
+                   opt_state: Mapping[str, Any], perceptual: Mapping[str, Any], batch: Mapping[str, Array]):
+  """One meta-learning iteration from the given optimiser states.
+
+  variables: {'embedder', 'generator', 'discriminator'} Flax variables; video_rows (N, C): the batch's rows
+  as the discriminator uses them; opt_state: {'generator': Adam state of the {'embedder', 'generator'}
+  params, 'discriminator': the `meta_discriminator_update` state}. Returns (variables, video rows,
+  optimiser states, metrics with the losses, outputs and gradients).
+  """
+  batch = {**batch, 'video_rows': video_rows}
+  trained = {net: variables[net]['params'] for net in ('embedder', 'generator')}
+  (loss_g, (parts, outputs, after)), grads_g = jax.value_and_grad(generator_loss, argnums=1, has_aux=True)(
+      cfg, trained, variables, perceptual, batch)
+  trained, opt_g = _optax_update(adam(cfg, cfg.generator_lr))(grads_g, trained, opt_state['generator'])
+  metrics = {'loss_g': loss_g, **parts, **outputs, 'grad_g': grads_g}
+  d_params = {'net': variables['discriminator']['params'], 'video_rows': video_rows}
+  d_params, d_state, opt_d = discriminator_updates(cfg, discriminator_loss, meta_discriminator_update(cfg), d_params,
+                                                   opt_state['discriminator'], after['discriminator'],
+                                                   outputs['x_hat'], batch, metrics)
+  new_variables = {'embedder': {**after['embedder'], 'params': trained['embedder']},
+                   'generator': {**after['generator'], 'params': trained['generator']},
+                   'discriminator': {**d_state, 'params': d_params['net']}}
+  return new_variables, d_params['video_rows'], {'generator': opt_g, 'discriminator': opt_d}, metrics
+
+
+def init_opt_state(cfg: MetaStepConfig, variables: Mapping[str, Any], video_rows: Array) -> Dict[str, Any]:
+  """Fresh optimiser states of `meta_iteration`."""
+  trained = {net: variables[net]['params'] for net in ('embedder', 'generator')}
+  return {'generator': adam(cfg, cfg.generator_lr).init(trained),
+          'discriminator': {'net': adam(cfg, cfg.discriminator_lr).init(variables['discriminator']['params']),
+                            'rows': init_row_moments(video_rows)}}
 
 
 def meta_step(cfg: MetaStepConfig, variables: Mapping[str, Any], perceptual: Mapping[str, Any],
               batch: Mapping[str, Array]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """One iteration from fresh Adam states; returns (variables and video rows after it, metrics and
-  gradients). `variables`: {'embedder', 'generator', 'discriminator'} Flax variables."""
-  trained = {net: variables[net]['params'] for net in ('embedder', 'generator')}
-  (loss_g, (parts, outputs, after)), grads_g = jax.value_and_grad(generator_loss, argnums=1, has_aux=True)(
-      cfg, trained, variables, perceptual, batch)
-  optimizer_g = optax.adam(cfg.generator_lr)
-  updates, _ = optimizer_g.update(grads_g, optimizer_g.init(trained), trained)
-  trained = optax.apply_updates(trained, updates)
-  metrics = {'loss_g': loss_g, **parts, **outputs, 'grad_g': grads_g}
-  d_params = {'net': variables['discriminator']['params'], 'video_rows': batch['video_rows']}
-  d_params, d_state = _discriminator_updates(cfg, discriminator_loss, optax.adam(cfg.discriminator_lr), d_params,
-                                             after['discriminator'], outputs['x_hat'], batch, metrics)
-  new_variables = {'embedder': {**after['embedder'], 'params': trained['embedder']},
-                   'generator': {**after['generator'], 'params': trained['generator']},
-                   'discriminator': {**d_state, 'params': d_params['net']}}
-  return {'variables': new_variables, 'video_rows': d_params['video_rows']}, metrics
+  """One iteration from fresh Adam states, as the reference's first; returns (variables and video rows
+  after it, metrics and gradients). `batch['video_rows']`: the rows as the discriminator uses them."""
+  rows = batch['video_rows']
+  new_variables, rows, _, metrics = meta_iteration(cfg, variables, rows, init_opt_state(cfg, variables, rows),
+                                                   perceptual, batch)
+  return {'variables': new_variables, 'video_rows': rows}, metrics
 
 
 def finetune_init(cfg: MetaStepConfig, variables: Mapping[str, Any], e_hat: Array) -> Dict[str, Any]:
@@ -197,32 +285,53 @@ def _finetune_discriminator_loss(cfg: MetaStepConfig, d_params, d_state, fake: A
   return hinge_loss(real_scores, fake_scores), variables
 
 
-def _adam_except(lr: float, params: Mapping[str, Any], frozen: Tuple[str, ...]):
+def _adam_except(cfg: MetaStepConfig, lr: float, params: Mapping[str, Any], frozen: Tuple[str, ...]):
   """Adam on every parameter but the top-level ones named in `frozen` (left exactly as they are)."""
   labels = {name: jax.tree_util.tree_map(lambda _, n=name: 'frozen' if n in frozen else 'adam', value)
             for name, value in params.items()}
-  return optax.multi_transform({'adam': optax.adam(lr), 'frozen': optax.set_to_zero()}, labels)
+  return optax.multi_transform({'adam': adam(cfg, lr), 'frozen': optax.set_to_zero()}, labels)
 
 
-def finetune_step(cfg: MetaStepConfig, variables: Mapping[str, Any], perceptual: Mapping[str, Any],
-                  batch: Mapping[str, Array], train_adaptive: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """One fine-tuning iteration (the reference's finetuning_training.py) from fresh Adam states.
+def finetune_optimizers(cfg: MetaStepConfig, variables: Mapping[str, Any], train_adaptive: bool = False):
+  """The fine-tuning Adams of the generator and the discriminator.
 
   As in the reference (its optimisers are built before `finetuning_init` replaces the parameters), psi and
   w' stay at their initial values unless `train_adaptive` (the paper trains them).
   """
+  g_params, d_params = variables['generator']['params'], variables['discriminator']['params']
+  return {'generator': _adam_except(cfg, cfg.generator_lr, g_params, () if train_adaptive else ('psi',)),
+          'discriminator': _adam_except(cfg, cfg.discriminator_lr, d_params, () if train_adaptive else ('w_prime',))}
+
+
+def init_finetune_opt_state(cfg: MetaStepConfig, variables: Mapping[str, Any], train_adaptive: bool = False):
+  optimizers = finetune_optimizers(cfg, variables, train_adaptive)
+  return {side: optimizers[side].init(variables[side]['params']) for side in ('generator', 'discriminator')}
+
+
+def finetune_iteration(cfg: MetaStepConfig, variables: Mapping[str, Any], opt_state: Mapping[str, Any],
+                       perceptual: Mapping[str, Any], batch: Mapping[str, Array], train_adaptive: bool = False):
+  """One fine-tuning iteration (the reference's finetuning_training.py) from the given optimiser states
+  (`init_finetune_opt_state`); returns (variables, optimiser states, metrics)."""
+  optimizers = finetune_optimizers(cfg, variables, train_adaptive)
   g_params = variables['generator']['params']
   (loss_g, (parts, outputs, after)), grads_g = jax.value_and_grad(finetune_generator_loss, argnums=1,
                                                                   has_aux=True)(cfg, g_params, variables, perceptual,
                                                                                 batch)
-  frozen_g = () if train_adaptive else ('psi',)
-  optimizer_g = _adam_except(cfg.generator_lr, g_params, frozen_g)
-  updates, _ = optimizer_g.update(grads_g, optimizer_g.init(g_params), g_params)
-  g_params = optax.apply_updates(g_params, updates)
+  g_params, opt_g = _optax_update(optimizers['generator'])(grads_g, g_params, opt_state['generator'])
   metrics = {'loss_g': loss_g, **parts, **outputs, 'grad_g': grads_g}
-  d_params = variables['discriminator']['params']
-  optimizer_d = _adam_except(cfg.discriminator_lr, d_params, () if train_adaptive else ('w_prime',))
-  d_params, d_state = _discriminator_updates(cfg, _finetune_discriminator_loss, optimizer_d, d_params,
-                                             after['discriminator'], outputs['x_hat'], batch, metrics)
-  return {'generator': {**after['generator'], 'params': g_params},
-          'discriminator': {**d_state, 'params': d_params}}, metrics
+  d_params, d_state, opt_d = discriminator_updates(
+      cfg, _finetune_discriminator_loss, _optax_update(optimizers['discriminator']),
+      variables['discriminator']['params'], opt_state['discriminator'], after['discriminator'], outputs['x_hat'],
+      batch, metrics)
+  new_variables = {'generator': {**after['generator'], 'params': g_params},
+                   'discriminator': {**d_state, 'params': d_params}}
+  return new_variables, {'generator': opt_g, 'discriminator': opt_d}, metrics
+
+
+def finetune_step(cfg: MetaStepConfig, variables: Mapping[str, Any], perceptual: Mapping[str, Any],
+                  batch: Mapping[str, Array], train_adaptive: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """One fine-tuning iteration from fresh Adam states, as the reference's first; returns (variables,
+  metrics)."""
+  opt_state = init_finetune_opt_state(cfg, variables, train_adaptive)
+  new_variables, _, metrics = finetune_iteration(cfg, variables, opt_state, perceptual, batch, train_adaptive)
+  return new_variables, metrics

@@ -1,0 +1,94 @@
+"""The FSTH family's training setup: run config -> MetaStepConfig, the content-loss networks, a dummy batch,
+and imported variables merged into a fresh state."""
+
+import os
+import pathlib
+from typing import Any, Dict, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from bilayer_jax import config as config_lib
+from bilayer_jax import model_io
+from bilayer_jax.convert import perceptual
+from bilayer_jax.data import input_pipeline
+from bilayer_jax.families.fsth import objective
+from bilayer_jax.families.fsth import training
+from bilayer_jax.models import vgg
+
+
+def num_video_rows(config: config_lib.RunConfig) -> int:
+  """Rows of the per-video matrix: the training split's examples, padded to a multiple of the devices
+  (the table is sharded by rows; the padding rows are never drawn)."""
+  builder = input_pipeline.load_builder(config.data.data_dir or None, config.data.name)
+  split = config.data.train_split
+  if split not in builder.info.splits:
+    raise config_lib.ConfigError(f'config.data.train_split={split!r}: the dataset {config.data.name} has '
+                                 f'splits {", ".join(sorted(builder.info.splits))}')
+  count, devices = builder.info.splits[split].num_examples, jax.device_count()
+  return -(-count // devices) * devices
+
+
+def step_config(config: Any, stage: str) -> objective.MetaStepConfig:
+  """The static MetaStepConfig of the 'meta' stage of a run config (or its ConfigDict)."""
+  config = config_lib.from_config_dict(config)
+  if stage != 'meta':
+    raise config_lib.ConfigError(f"config.stage={stage!r}: the fsth family trains stage 'meta'")
+  if config.train.dtype != 'float32':
+    raise config_lib.ConfigError(f'config.train.dtype={config.train.dtype!r}: the fsth family trains in float32')
+  if set(config.networks_to_train) != set(training.NETWORKS):
+    raise config_lib.ConfigError(f'config.networks_to_train={config.networks_to_train}: meta-learning trains '
+                                 f'{", ".join(training.NETWORKS)} together')
+  loss, optim = config.loss, config.optim
+  return objective.MetaStepConfig(
+      model=config.model.validate(), vgg19_weight=loss.vgg19_weight, vggface_weight=loss.vggface_weight,
+      lpips_vgg16_weight=loss.lpips_vgg16_weight, feature_matching_weight=loss.feature_matching_weight,
+      match_weight=loss.match_weight, target_in_sources=loss.target_in_sources,
+      generator_lr=optim.generator_lr, discriminator_lr=optim.discriminator_lr,
+      discriminator_updates=optim.discriminator_updates, adam_b1=optim.b1, adam_b2=optim.b2, adam_eps=optim.eps,
+      reload_rows_through_leaky_relu=optim.reload_rows_through_leaky_relu, stage=stage,
+      networks_to_train=training.NETWORKS, num_video_rows=num_video_rows(config))
+
+
+def content_params(config: config_lib.RunConfig, cfg: objective.MetaStepConfig) -> Dict[str, Any]:
+  """Loads the frozen networks of the content loss (clear error naming a missing file)."""
+  params = {}
+  for spec, weight in cfg.content_terms:
+    if spec.name == vgg.FSTH_VGG16_LPIPS.name:
+      params[spec.name] = perceptual.load_lpips_vgg16_params()
+      continue
+    weights_dir = config.loss.perceptual_weights_dir or os.environ.get('BILAYER_JAX_WEIGHTS', '')
+    if not weights_dir:
+      raise perceptual.PerceptualWeightsError(
+          f'the content loss on {spec.name} (weight {weight}) needs {spec.file_name}: set '
+          f'--config.loss.perceptual_weights_dir to its folder ({spec.how_to_get}), or turn the term off with '
+          'weight 0')
+    params[spec.name] = perceptual.load_vgg_params(spec, pathlib.Path(weights_dir) / spec.file_name)
+  return params
+
+
+def dummy_batch(config: config_lib.RunConfig) -> Dict[str, jax.Array]:
+  """Zeros shaped like one global training batch of the input pipeline (with the video index)."""
+  s, b = config.model.image_size, config.batch_size
+  n, t = config.data.num_source_frames, config.data.num_target_frames
+  frames = lambda count, channels: jnp.zeros((b, count, s, s, channels))
+  return {'source_imgs': frames(n, 3), 'source_segs': frames(n, 1), 'source_stickmen': frames(n, 3),
+          'source_poses': jnp.zeros((b, n, 136)), 'target_imgs': frames(t, 3), 'target_segs': frames(t, 1),
+          'target_stickmen': frames(t, 3), 'target_poses': jnp.zeros((b, t, 136)),
+          'video_index': jnp.zeros((b,), jnp.int32)}
+
+
+def merge_init(cfg: objective.MetaStepConfig, state: Mapping[str, Any], variables: Mapping[str, Any],
+               source: str = 'init_from') -> Dict[str, Any]:
+  """The networks of imported variables (a params directory) copied into a fresh state, shapes checked;
+  fresh optimiser states; the per-video table stays as initialised (it belongs to this run's data)."""
+  current = training.model_variables(state)
+  merged = {}
+  for side in ('generator', 'discriminator'):
+    if side not in variables:
+      merged[side] = current[side]
+      continue
+    model_io.check_shapes(current[side], variables[side], f'{source}: {side}')
+    merged[side] = variables[side]
+  fresh = training.init_state(cfg, {**merged, 'video_rows': state['video_table']['rows']})
+  return {**fresh, 'step': state['step'], 'video_table': state['video_table']}
