@@ -181,6 +181,9 @@ class EvalConfig:
   arcface_weights: str = ''  # IR-SE-50 .pth for csim_arcface
   grid_rows: int = 4
   name: str = ''  # output folder WORKDIR/eval/<name> ('' = derived from the evaluated params)
+  num_source_frames: int = 1  # K-shot families (fsth): the avatar is made from K frames of each video
+  finetune_steps: int = 0  # fsth: fine-tune on each video's K source frames first (FT; 0 = feed-forward)
+  finetune_train_adaptive: bool = False  # fsth fine-tuning also trains psi and w' (the paper)
 
 
 @dataclasses.dataclass(frozen=True)

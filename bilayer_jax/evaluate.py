@@ -21,6 +21,7 @@ each written to a temporary name and renamed (only process 0 writes).
 import json
 import os
 import pathlib
+import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 from absl import flags
@@ -35,6 +36,7 @@ from bilayer_jax import cli
 from bilayer_jax import config as config_lib
 from bilayer_jax import errors
 from bilayer_jax import families
+from bilayer_jax import finetune
 from bilayer_jax import model_io
 from bilayer_jax import xla_cpu
 from bilayer_jax.evaluators import metrics as metrics_lib
@@ -112,7 +114,24 @@ def settings_from(config) -> protocol.Settings:
     raise errors.InvalidArgumentError(f'eval.mask={ev.mask!r}: expected one of {metrics_lib.MASK_MODES}')
   return protocol.Settings(source_frame=ev.source_frame, max_targets=ev.max_targets, max_videos=ev.max_videos,
                            cross_identity=ev.cross_identity, mask=ev.mask, enhance=enhance,
-                           grid_rows=ev.grid_rows)
+                           grid_rows=ev.grid_rows, num_source_frames=ev.num_source_frames)
+
+
+def _finetuning(config, workdir: str, tmp_dir: str):
+  """The protocol's `adapt` for eval.finetune_steps > 0: each video's animator fine-tuned on its source
+  frames (bilayer_jax.finetune) from the evaluated params directory."""
+  params_dir = config.eval.params or os.path.join(workdir, 'params')
+  if not (pathlib.Path(params_dir) / 'config.json').is_file():
+    raise model_io.ParamsDirError(f'eval.finetune_steps={config.eval.finetune_steps} fine-tunes a params '
+                                  f'directory: {params_dir} is none (set eval.params)')
+  settings = finetune.Settings(steps=config.eval.finetune_steps, train_adaptive=config.eval.finetune_train_adaptive,
+                               perceptual_weights_dir=config.loss.perceptual_weights_dir, progress=False)
+
+  def adapt(sources, index):
+    summary = finetune.finetune(params_dir, sources, os.path.join(tmp_dir, f'video{index}'), settings)
+    return families.animator_from_params(summary['params'])
+
+  return adapt
 
 
 def _atomic_write(path: pathlib.Path, write) -> None:
@@ -134,10 +153,14 @@ def evaluate(config, workdir: str, progress: bool = True) -> Dict[str, Any]:
   animator, description = load_animator(config, workdir)
   data_dir = os.path.expanduser(config.data.data_dir or os.path.join('~', 'tensorflow_datasets'))
   logging.info('evaluating %s on %s/%s', description, config.data.name, config.data.eval_split)
-  results = protocol.evaluate(animator, evaluator, data_dir, config.data.eval_split, config.data.name,
-                              settings, progress=progress)
+  with tempfile.TemporaryDirectory() as tmp_dir:
+    adapt = _finetuning(config, workdir, tmp_dir) if config.eval.finetune_steps else None
+    results = protocol.evaluate(animator, evaluator, data_dir, config.data.eval_split, config.data.name,
+                                settings, progress=progress, adapt=adapt)
   results['model'] = {'evaluated': description, 'enhanced': bool(
       animator.has_enhancer if settings.enhance is None else settings.enhance)}
+  if config.eval.finetune_steps:
+    results['model']['finetune_steps'] = config.eval.finetune_steps
   grid = results.pop('grid')
   name = config.eval.name or report.folder_name(description)
   out_dir = pathlib.Path(workdir) / 'eval' / name

@@ -21,7 +21,7 @@ LAYERS = {
     'bilayer_jax.face': 2,
     'bilayer_jax.train': 3, 'bilayer_jax.inference': 3, 'bilayer_jax.evaluators': 3, 'bilayer_jax.families': 3,
     'bilayer_jax.evaluate': 4, 'bilayer_jax.drive': 4, 'bilayer_jax.export': 4,
-    'bilayer_jax.import_original': 4, 'bilayer_jax.parity': 4,
+    'bilayer_jax.import_original': 4, 'bilayer_jax.parity': 4, 'bilayer_jax.finetune': 4,
     'bilayer_jax.colab': 4, 'data_prep': 4, 'configs': 4, 'run': 4, 'bench': 4,
 }
 LIBRARIES = ('bilayer_jax.train', 'bilayer_jax.inference', 'bilayer_jax.evaluators', 'bilayer_jax.families')

@@ -15,13 +15,17 @@ import optax
 import pytest
 
 from bilayer_jax import config as config_lib
+from bilayer_jax import drive as drive_cli
+from bilayer_jax import errors
 from bilayer_jax import families
 from bilayer_jax import model_io
+from bilayer_jax.data import samples
 from bilayer_jax.families.fsth import objective
 from bilayer_jax.families.fsth import setup
 from bilayer_jax.families.fsth import training
 from bilayer_jax.inference import fsth_animator
 from bilayer_jax.inference import preprocess
+from bilayer_jax.inference import video
 from bilayer_jax.train import config_checks
 from bilayer_jax.train import loop
 
@@ -117,9 +121,8 @@ def test_configs_build_and_check(demo_data_dir):
 
 
 @pytest.fixture(scope='module')
-def fsth_run(demo_data_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('fsth_run')
-  return workdir, loop.train_and_evaluate(tiny_config(demo_data_dir), str(workdir))
+def fsth_run(tiny_fsth_run):
+  return tiny_fsth_run
 
 
 def test_run_writes_checkpoints_logs_eval_and_params(fsth_run):
@@ -186,3 +189,17 @@ def test_row_sharded_table_over_8_devices_equals_one_device(tmp_path):
   for key in keys:
     np.testing.assert_allclose(results[f'sharded/{key}'], results[f'single/{key}'], rtol=1e-4, atol=2e-5,
                                err_msg=key)
+
+
+def test_drive_animates_a_photo_with_an_fsth_model(fsth_run, photo_file, tmp_path):
+  """The drive command end to end with an FSTH params directory: photo -> embedding -> driven mp4."""
+  workdir, _ = fsth_run
+  out = tmp_path / 'driven.mp4'
+  summary = drive_cli.drive(str(workdir / 'params'), photo_file, samples.carphone_path(), str(out), max_frames=5,
+                            progress=False, side_by_side=True)
+  assert summary['frames'] == 5 and not summary['enhanced'] and out.stat().st_size > 1000
+  frames = list(video.read_video(out))
+  assert len(frames) == 5 and frames[0].shape[1] == 3 * frames[0].shape[0]  # source | driver | result
+  with pytest.raises(errors.InvalidArgumentError, match='no texture enhancer'):
+    drive_cli.drive(str(workdir / 'params'), photo_file, samples.carphone_path(), str(tmp_path / 'x.mp4'),
+                    max_frames=2, progress=False, enhance=True)

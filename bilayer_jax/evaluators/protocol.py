@@ -5,9 +5,12 @@ split into several chunks is evaluated once, from its first chunk (chunks each s
 `max_videos` > 0 only the first videos of that order are used. Splits built by data_prep are identity-disjoint
 (VoxCeleb2's dev/test, or identities hashed into `test`); the built-in demo split is not (one person).
 
-Frames (fixed, so results compare across runs): the source is frame `source_frame` of the video; the targets
-are the other frames, or `max_targets` of them spread evenly (np.linspace over the remaining indices, rounded).
+Frames (fixed, so results compare across runs): the source is frame `source_frame` of the video (K-shot
+models, `num_source_frames` K > 1: plus K - 1 frames spread evenly over the others); the targets are the
+other frames, or `max_targets` of them spread evenly (np.linspace over the remaining indices, rounded).
 All frames are decoded and normalised exactly as the training input pipeline does (`decode_frames`).
+With an `adapt` function (FSTH fine-tuning: `bilayer_jax.evaluate`), each video's animator is the one it
+returns for the video's source frames (FT); otherwise the given animator (feed-forward, FF).
 
 Self-reenactment: the avatar is initialised once from the source (identity embedder, texture generator,
 projectors, and the texture enhancer when the params have one, `enhance`), then every target is rendered from
@@ -49,6 +52,7 @@ class Settings:
   mask: str = 'ground_truth'
   enhance: Optional[bool] = None  # None: when the params have a texture enhancer
   grid_rows: int = 4
+  num_source_frames: int = 1  # K-shot models (fsth): the avatar is initialised from K frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,15 +84,26 @@ def list_videos(data_dir: str, split: str, dataset_name: str) -> List[Video]:
   return videos
 
 
-def select_frames(num_frames: int, source_frame: int, max_targets: int) -> List[int]:
-  """[source index, target indices...] by the protocol's rule (see module docstring)."""
+def select_frames(num_frames: int, source_frame: int, max_targets: int, num_sources: int = 1) -> List[int]:
+  """[source indices..., target indices...] by the protocol's rule (see module docstring): `source_frame`
+  and, for K-shot models, K - 1 more sources spread evenly over the rest of the video."""
   if not 0 <= source_frame < num_frames:
     raise errors.InvalidArgumentError(f'source_frame {source_frame} is outside a video of {num_frames} frames')
+  if num_sources < 1 or (num_sources > 1 and num_sources >= num_frames):
+    raise errors.InvalidArgumentError(f'{num_sources} source frames leave no target in a video of {num_frames} '
+                                      'frames')
   others = [i for i in range(num_frames) if i != source_frame]
+  extra = [others[i] for i in _spread(len(others), num_sources - 1)] if num_sources > 1 else []
+  sources = [source_frame] + extra
+  others = [i for i in others if i not in extra]
   if max_targets and len(others) > max_targets:
-    picks = np.unique(np.round(np.linspace(0, len(others) - 1, max_targets)).astype(int))
-    others = [others[i] for i in picks]
-  return [source_frame] + others
+    others = [others[i] for i in _spread(len(others), max_targets)]
+  return sources + others
+
+
+def _spread(length: int, count: int) -> List[int]:
+  """`count` distinct indices spread evenly over range(length)."""
+  return list(np.unique(np.round(np.linspace(0, length - 1, count)).astype(int)))
 
 
 class FrameLoader:
@@ -101,23 +116,29 @@ class FrameLoader:
     self._stored_size = builder.info.features['frames'].shape[1]
     self.image_size = image_size
 
-  def __call__(self, video: Video, indices: Sequence[int]) -> Dict[str, np.ndarray]:
+  def __call__(self, video: Video, indices: Sequence[int], num_sources: int = 1) -> Dict[str, np.ndarray]:
     raw = next(iter(tf.data.TFRecordDataset(video.file).skip(video.offset).take(1)))
     ex = self._parse(raw)
     idx = tf.constant(list(indices), tf.int32)
     selected = {k: tf.gather(ex[k], idx) for k in ('frames', 'segs', 'keypoints')}
     out = input_pipeline.decode_frames(selected, image_size=self.image_size, stored_size=self._stored_size,
-                                       num_source=1, thickness=2)
+                                       num_source=num_sources, thickness=2)
     return {k: v.numpy() for k, v in out.items()}
 
 
-def source_inputs(frames: Dict[str, np.ndarray]) -> preprocess.SourceInputs:
-  imgs = frames['source_imgs']
+def source_inputs(frames: Dict[str, np.ndarray], index: int = 0) -> preprocess.SourceInputs:
+  """Source frame `index` of loaded frames as the animators take a preprocessed photo."""
+  imgs = frames['source_imgs'][index:index + 1]
   size = imgs.shape[1]
   return preprocess.SourceInputs(
-      imgs=imgs[None], segs=frames['source_segs'][None], stickmen=frames['source_stickmen'][None],
-      poses=frames['source_poses'][None], crop=np.round((imgs[0] + 1) * 127.5).astype(np.uint8),
-      landmarks=pixel_keypoints(frames['source_poses'], size)[0])
+      imgs=imgs[None], segs=frames['source_segs'][index:index + 1][None],
+      stickmen=frames['source_stickmen'][index:index + 1][None],
+      poses=frames['source_poses'][index:index + 1][None], crop=np.round((imgs[0] + 1) * 127.5).astype(np.uint8),
+      landmarks=pixel_keypoints(frames['source_poses'][index:index + 1], size)[0])
+
+
+def all_source_inputs(frames: Dict[str, np.ndarray]) -> List[preprocess.SourceInputs]:
+  return [source_inputs(frames, i) for i in range(len(frames['source_imgs']))]
 
 
 def pixel_keypoints(poses: np.ndarray, size: int) -> np.ndarray:
@@ -133,7 +154,7 @@ def _baselines(frames, mask_mode, image_fn) -> Dict[str, Dict[str, np.ndarray]]:
   targets, segs = frames['target_imgs'], frames['target_segs']
   masks = metrics_lib.select_masks(mask_mode, segs, segs)  # no prediction: 'predicted' uses the true mask
   real = _masked(targets, masks)
-  guesses = {'source_copy': np.broadcast_to(frames['source_imgs'], targets.shape),
+  guesses = {'source_copy': np.broadcast_to(frames['source_imgs'][:1], targets.shape),
              'mean_image': np.broadcast_to(targets.mean(0, keepdims=True), targets.shape)}
   return {name: {k: np.asarray(v, np.float64) for k, v in image_fn(_masked(g, masks), real).items()}
           for name, g in guesses.items()}
@@ -148,8 +169,11 @@ def _cross_driver(videos: Sequence[Video], i: int) -> Optional[int]:
 
 
 def evaluate(animator, evaluator: metrics_lib.FrameEvaluator, data_dir: str, split: str, dataset_name: str,
-             settings: Settings, progress: bool = True) -> Dict[str, Any]:
-  """Runs the protocol with an inference `Animator` and returns the results (identical on every host)."""
+             settings: Settings, progress: bool = True, adapt=None) -> Dict[str, Any]:
+  """Runs the protocol with an inference animator and returns the results (identical on every host).
+
+  `adapt`: optional (source inputs of a video, video index) -> the animator to evaluate that video with.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   videos = list_videos(data_dir, split, dataset_name)
   if settings.max_videos:
@@ -166,9 +190,12 @@ def evaluate(animator, evaluator: metrics_lib.FrameEvaluator, data_dir: str, spl
   features = {'real': [], 'fake': []}
   for i in tqdm(mine, desc='evaluating videos', disable=not progress or jax.process_index() != 0):
     video = videos[i]
-    frames = loader(video, select_frames(video.num_frames, settings.source_frame, settings.max_targets))
-    avatar = animator.init_avatar(source_inputs(frames), enhance=settings.enhance)
-    out = animator.render(avatar, frames['target_poses'])
+    k = settings.num_source_frames
+    frames = loader(video, select_frames(video.num_frames, settings.source_frame, settings.max_targets, k), k)
+    sources = all_source_inputs(frames)
+    video_animator = adapt(sources, i) if adapt else animator
+    avatar = video_animator.init_avatar(sources if k > 1 else sources[0], enhance=settings.enhance)
+    out = video_animator.render(avatar, frames['target_poses'])
     masks = metrics_lib.select_masks(settings.mask, frames['target_segs'], out['mask'])
     pred, real = _masked(out['image'], masks), _masked(frames['target_imgs'], masks)
     values = evaluator.self_reenactment(pred, real, pixel_keypoints(frames['target_poses'], size))
@@ -182,7 +209,7 @@ def evaluate(animator, evaluator: metrics_lib.FrameEvaluator, data_dir: str, spl
       grid.append(np.concatenate([frames['source_imgs'][0], real[0], pred[0]], axis=1))
     j = _cross_driver(videos, i) if settings.cross_identity else None
     if j is not None and evaluator.cross_keys:
-      cross_rows.append(_cross_row(animator, avatar, evaluator, settings, frames, i,
+      cross_rows.append(_cross_row(video_animator, avatar, evaluator, settings, frames, i,
                                    loader(videos[j], select_frames(videos[j].num_frames, settings.source_frame,
                                                                    settings.max_targets))))
   results = {'protocol': {**dataclasses.asdict(settings), 'split': split, 'dataset': dataset_name,

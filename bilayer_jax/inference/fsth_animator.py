@@ -7,9 +7,12 @@
 
 The feed-forward path of the paper (no fine-tuning): the embedder runs once per photo and the mean
 embedding drives the generator, which renders each driving frame's landmark sketch
-(`bilayer_jax.data.stickman.draw_fsth_sketches`, the reference's drawing). The whole frame is generated
-(background included), so `composite` gives the image as it is. Photos are cropped as the dataset is
-(`preprocess.FacePreprocessor`), so a model trained on our TFRecords sees the framing it learned.
+(`bilayer_jax.data.stickman.draw_fsth_sketches`, the reference's drawing). Params written by
+`python -m bilayer_jax.finetune` (metadata `finetuned`) render with the person's fine-tuned AdaIN parameters
+ψ instead of the embedding (the photos are then only the fallback pose). The whole frame is generated
+(background included): `render`'s mask is all ones and `composite` gives the image as it is. Photos are
+cropped as the dataset is (`preprocess.FacePreprocessor`), so a model trained on our TFRecords sees the
+framing it learned.
 """
 
 import dataclasses
@@ -20,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilayer_jax import errors
 from bilayer_jax import model_io
 from bilayer_jax.data import stickman
 from bilayer_jax.inference import animator
@@ -35,6 +39,7 @@ class FSTHAvatar:
   """An embedded person: the mean embedding of its photos."""
   embedding: jax.Array  # (embedding_dim,)
   sources: List[preprocess.SourceInputs]  # the preprocessed photos
+  enhanced: bool = False  # FSTH has no texture enhancer (the field drive and the evaluation report)
 
   @property
   def source(self) -> preprocess.SourceInputs:
@@ -53,10 +58,11 @@ class FSTHAnimator(animator.PoseDriven):
     cfg: the architecture. variables: the generator side of a params directory
       (`{'params': {'embedder', 'generator'}, 'spectral': {...}}`).
     preprocessor: detection/crop (FacePreprocessor at the model's size by default). chunk: frames per jit call.
+    finetuned: render with the generator's fine-tuned psi (params written by bilayer_jax.finetune).
   """
 
   def __init__(self, cfg: FSTHConfig, variables: Mapping[str, Any],
-               preprocessor: Optional[preprocess.FacePreprocessor] = None, chunk: int = 8):
+               preprocessor: Optional[preprocess.FacePreprocessor] = None, chunk: int = 8, finetuned: bool = False):
     params = variables.get('params', {})
     missing = [n for n in NETWORKS if n not in params]
     if missing:
@@ -66,13 +72,15 @@ class FSTHAnimator(animator.PoseDriven):
     self.variables = jax.device_put({c: {n: tree[n] for n in NETWORKS if n in tree} for c, tree in variables.items()})
     self.preprocessor = preprocessor or preprocess.FacePreprocessor(cfg.image_size)
     self.chunk = chunk
+    self.finetuned = finetuned
     self._embed_fn = jax.jit(functools.partial(self._embed, cfg))
-    self._render_fn = jax.jit(functools.partial(self._render, cfg))
+    self._render_fn = jax.jit(functools.partial(self._render, cfg, finetuned))
 
   @classmethod
   def from_params(cls, params_dir: str, **kwargs) -> 'FSTHAnimator':
     """From a params directory written by an fsth run."""
-    cfg, variables, _ = model_io.load_params(params_dir)
+    cfg, variables, info = model_io.load_params(params_dir)
+    kwargs.setdefault('finetuned', bool(info.get('metadata', {}).get('finetuned', False)))
     try:
       return cls(cfg, variables['generator'], **kwargs)
     except model_io.ParamsDirError as e:
@@ -89,10 +97,10 @@ class FSTHAnimator(animator.PoseDriven):
     return e.mean(axis=0)
 
   @staticmethod
-  def _render(cfg, variables, embedding, sketches):
+  def _render(cfg, finetuned, variables, embedding, sketches):
     embeddings = jnp.broadcast_to(embedding, (sketches.shape[0],) + embedding.shape)
     out = networks.Generator(cfg).apply(FSTHAnimator._network_vars(variables, 'generator'), _unit(sketches),
-                                        embeddings)
+                                        embeddings, finetuned=finetuned)
     return out * 2 - 1
 
   def sketches(self, poses: np.ndarray) -> np.ndarray:
@@ -100,12 +108,15 @@ class FSTHAnimator(animator.PoseDriven):
     return stickman.draw_fsth_sketches(np.asarray(poses, np.float32).reshape(-1, 136), self.cfg.image_size)
 
   def init_avatar(self, photos: Union[np.ndarray, preprocess.SourceInputs, Sequence[Any]],
-                  face_index: Optional[int] = None) -> FSTHAvatar:
+                  face_index: Optional[int] = None, enhance: Optional[bool] = None) -> FSTHAvatar:
     """Embeds one photo or several of the same person (uint8 RGB of any size, or SourceInputs).
 
     Raises:
       preprocess.NoFaceError: a photo without a face (the message names which).
+      errors.InvalidArgumentError: enhance=True (FSTH has no texture enhancer).
     """
+    if enhance:
+      raise errors.InvalidArgumentError('the fsth family has no texture enhancer; use enhance=False')
     if isinstance(photos, (np.ndarray, preprocess.SourceInputs)):
       photos = [photos]
     sources = [p if isinstance(p, preprocess.SourceInputs) else
@@ -116,11 +127,12 @@ class FSTHAnimator(animator.PoseDriven):
     return FSTHAvatar(embedding=self._embed_fn(self.variables, frames, sketches), sources=sources)
 
   def render(self, avatar: FSTHAvatar, poses: np.ndarray) -> Dict[str, np.ndarray]:
-    """(T, 136) keypoints in [-1, 1] -> {'image': (T, S, S, 3) in [-1, 1], 'sketch': the generator's input}."""
+    """(T, 136) keypoints in [-1, 1] -> {'image': (T, S, S, 3) in [-1, 1], 'mask': (T, S, S, 1) ones (the
+    whole frame is generated), 'sketch': the generator's input}."""
     sketches = self.sketches(poses)
     t = len(sketches)
     padded = np.concatenate([sketches, np.repeat(sketches[-1:], -t % self.chunk, axis=0)]) if t else sketches
     images = [jax.device_get(self._render_fn(self.variables, avatar.embedding, padded[i:i + self.chunk]))
               for i in range(0, len(padded), self.chunk)]
-    return {'image': np.concatenate(images)[:t] if images else np.zeros((0,) + sketches.shape[1:], np.float32),
-            'sketch': sketches}
+    image = np.concatenate(images)[:t] if images else np.zeros((0,) + sketches.shape[1:], np.float32)
+    return {'image': image, 'mask': np.ones(image.shape[:-1] + (1,), np.float32), 'sketch': sketches}

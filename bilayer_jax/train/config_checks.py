@@ -111,6 +111,8 @@ def _check_bilayer(c: _Checker) -> None:
     c.non_negative(f'loss.{field}')
   c.expect('loss.per_layer_weights', lambda v: len(v) == 5 and all(w >= 0 for w in v),
            'five weights >= 0 (one per VGG block)')
+  c.expect('eval.num_source_frames', lambda v: v == 1, '1 (the bi-layer model is one-shot)')
+  c.expect('eval.finetune_steps', lambda v: v == 0, '0 (fine-tuning is for the fsth family)')
   try:
     c.value('model').validate(with_enhancer=c.value('stage') != 'base')
   except (TypeError, ValueError) as e:
@@ -160,6 +162,8 @@ def _check_log_and_eval(c: _Checker) -> None:
   c.integer('eval.max_targets', 0)
   c.integer('eval.max_videos', 0)
   c.integer('eval.grid_rows', 1)
+  c.integer('eval.num_source_frames', 1)
+  c.integer('eval.finetune_steps', 0)
   c.existing_path('eval.params', 'the params or run directory to evaluate')
   c.existing_path('eval.arcface_weights', 'the ArcFace weights file')
 

@@ -29,6 +29,19 @@ def num_video_rows(config: config_lib.RunConfig) -> int:
   return -(-count // devices) * devices
 
 
+def objective_config(config: config_lib.RunConfig, num_video_rows: int = 0) -> objective.MetaStepConfig:
+  """The losses, optimisers and architecture of a run config as the objective takes them."""
+  loss, optim = config.loss, config.optim
+  return objective.MetaStepConfig(
+      model=config.model.validate(), vgg19_weight=loss.vgg19_weight, vggface_weight=loss.vggface_weight,
+      lpips_vgg16_weight=loss.lpips_vgg16_weight, feature_matching_weight=loss.feature_matching_weight,
+      match_weight=loss.match_weight, target_in_sources=loss.target_in_sources,
+      generator_lr=optim.generator_lr, discriminator_lr=optim.discriminator_lr,
+      discriminator_updates=optim.discriminator_updates, adam_b1=optim.b1, adam_b2=optim.b2, adam_eps=optim.eps,
+      reload_rows_through_leaky_relu=optim.reload_rows_through_leaky_relu, networks_to_train=training.NETWORKS,
+      num_video_rows=num_video_rows)
+
+
 def step_config(config: Any, stage: str) -> objective.MetaStepConfig:
   """The static MetaStepConfig of the 'meta' stage of a run config (or its ConfigDict)."""
   config = config_lib.from_config_dict(config)
@@ -39,15 +52,7 @@ def step_config(config: Any, stage: str) -> objective.MetaStepConfig:
   if set(config.networks_to_train) != set(training.NETWORKS):
     raise config_lib.ConfigError(f'config.networks_to_train={config.networks_to_train}: meta-learning trains '
                                  f'{", ".join(training.NETWORKS)} together')
-  loss, optim = config.loss, config.optim
-  return objective.MetaStepConfig(
-      model=config.model.validate(), vgg19_weight=loss.vgg19_weight, vggface_weight=loss.vggface_weight,
-      lpips_vgg16_weight=loss.lpips_vgg16_weight, feature_matching_weight=loss.feature_matching_weight,
-      match_weight=loss.match_weight, target_in_sources=loss.target_in_sources,
-      generator_lr=optim.generator_lr, discriminator_lr=optim.discriminator_lr,
-      discriminator_updates=optim.discriminator_updates, adam_b1=optim.b1, adam_b2=optim.b2, adam_eps=optim.eps,
-      reload_rows_through_leaky_relu=optim.reload_rows_through_leaky_relu, stage=stage,
-      networks_to_train=training.NETWORKS, num_video_rows=num_video_rows(config))
+  return objective_config(config, num_video_rows(config))
 
 
 def content_params(config: config_lib.RunConfig, cfg: objective.MetaStepConfig) -> Dict[str, Any]:
