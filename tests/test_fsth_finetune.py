@@ -118,3 +118,16 @@ def test_evaluation_feed_forward_and_finetuned(tiny_fsth_run, demo_data_dir):
     assert result['protocol']['num_source_frames'] == 3 and np.isfinite(result['self_reenactment']['summary']['psnr'])
   assert results['ft']['model']['finetune_steps'] == 2
   assert results['ft']['self_reenactment']['summary']['psnr'] != results['ff']['self_reenactment']['summary']['psnr']
+
+
+def test_preemption_checkpoints_and_a_rerun_resumes(tiny_fsth_run, person, tuned, tmp_path, monkeypatch):
+  """SIGTERM (the guard's flag) after step 1: a checkpoint of step 1, no params; the same call resumes."""
+  params, _, reference = tuned
+  monkeypatch.setattr(finetune.checkpoints.PreemptionGuard, 'should_stop', lambda self, manager, step: step == 1)
+  stopped = finetune.finetune(params, person[0], str(tmp_path), _settings())
+  assert stopped['preempted'] and sorted(stopped['losses']) == [1] and 'params' not in stopped
+  assert not (tmp_path / 'params').exists()
+  monkeypatch.undo()
+  resumed = finetune.finetune(params, person[0], str(tmp_path), _settings())
+  assert resumed['start_step'] == 1 and (tmp_path / 'params').is_dir()
+  np.testing.assert_allclose(resumed['losses'][4]['loss_g'], reference['losses'][4]['loss_g'], rtol=1e-5)
