@@ -157,6 +157,11 @@ def export_original(params_dir: str, out_dir: str, epoch: str, enh_out_dir: str 
                        source=params_dir)
 
 
+def _family_of(params: str) -> str:
+  from bilayer_jax import model_io  # pylint: disable=g-import-not-at-top
+  return model_io.load_config(params)[1]['family']
+
+
 def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none', with_init: bool = False,
            enhance=None, driver=None, landmarks: str = 'auto', epoch: str = '1', batch: int = 1, *,
            enh_out=None, enh_epoch: str = '1', detector: str = 'hog', face_index=None, face_box=None,
@@ -175,6 +180,10 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
     return {'files': [out] + ([enh_out] if enh_out else []), 'checks': {}}
   if not source:
     raise UsageError(f'--format {fmt} exports one avatar: --source photo is required')
+  family = _family_of(params)
+  if family != 'bilayer':
+    raise UsageError(f'--format {fmt}: the per-frame export exists for the bilayer family only so far; {params} '
+                     f'is {family} (--format original writes its reference checkpoint files)')
 
   from bilayer_jax.inference import folding  # pylint: disable=g-import-not-at-top
   if driver:

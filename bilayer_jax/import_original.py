@@ -2,6 +2,8 @@ r"""Imports an original PyTorch run directory into a bilayer_jax params director
 
     python -m bilayer_jax.import_original --run_dir runs/vc2-hq_adrianb_paper_main --epoch 2225 \
         [--enh_run_dir runs/vc2-hq_adrianb_paper_enhancer --enh_epoch 1225] --out params/official
+    python -m bilayer_jax.import_original --family fsth --run_dir model_weights.tar \
+        [--enh_run_dir finetuned_model.tar] --out params/fsth     # the FSTH reference's checkpoint files
 
 The configuration comes from the runs' args.txt, corrected by what the checkpoints' shapes say (harmonic
 keypoint encoding, image size, spectral norm). Every key and shape is checked; a mismatch names the
@@ -21,9 +23,10 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
   """Defines the command-line flags (only when run as a program, so importing the module is side-effect free)."""
-  flags.DEFINE_string('run_dir', None, 'Base run directory (args.txt + checkpoints/<epoch>_<net>.pth).')
-  flags.DEFINE_string('epoch', None, 'Base checkpoint epoch.')
-  flags.DEFINE_string('enh_run_dir', None, 'Enhancer run directory (optional).')
+  flags.DEFINE_string('run_dir', None, 'Base run directory (args.txt + checkpoints/<epoch>_<net>.pth); fsth: the '
+                      'reference\'s model_weights.tar (or its folder).')
+  flags.DEFINE_string('epoch', None, 'Base checkpoint epoch (bilayer).')
+  flags.DEFINE_string('enh_run_dir', None, 'Enhancer run directory (optional); fsth: a finetuned_model.tar.')
   flags.DEFINE_string('enh_epoch', None, 'Enhancer checkpoint epoch.')
   flags.DEFINE_string('out', None, 'Output params directory (must not exist).')
   flags.DEFINE_string('family', 'bilayer', 'Model family whose reference implementation wrote the run.')
@@ -34,6 +37,8 @@ def import_run(run_dir, epoch, enh_run_dir=None, enh_epoch=None, out=None, famil
   from bilayer_jax import families  # pylint: disable=g-import-not-at-top
   if family not in families.FAMILIES:
     raise errors.InvalidArgumentError(f'--family={family!r}: expected one of {", ".join(sorted(families.FAMILIES))}')
+  if family == 'bilayer' and not epoch:
+    raise errors.InvalidArgumentError('--epoch: required for bilayer runs (the checkpoint epoch, e.g. 2225)')
   converter = families.get(family).converters['original']
   cfg, variables, metadata = converter.import_run(run_dir, epoch, enh_run_dir, enh_epoch)
   metadata = {**metadata, 'imported_from': {'run_dir': str(run_dir), 'epoch': str(epoch),
@@ -52,5 +57,5 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  flags.mark_flags_as_required(['run_dir', 'epoch', 'out'])
+  flags.mark_flags_as_required(['run_dir', 'out'])
   cli.run(main)

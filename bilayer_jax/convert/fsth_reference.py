@@ -112,7 +112,8 @@ def variables_from_state_dict(network: str, state_dict: Mapping[str, np.ndarray]
     found[location] = array
   problems += [f'missing key for {c}/{p}' for (c, p) in sorted(set(expected) - set(found))]
   if problems:
-    raise StateDictError(f'{source or network}: does not fit the FSTH {network}:\n  ' + '\n  '.join(problems))
+    more = f'; and {len(problems) - 8} more' if len(problems) > 8 else ''
+    raise StateDictError(f'{source or network}: does not fit the FSTH {network}: ' + '; '.join(problems[:8]) + more)
   variables: Dict[str, Any] = {}
   for (collection, path), array in found.items():
     node = variables.setdefault(collection, {})

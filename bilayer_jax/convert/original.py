@@ -73,7 +73,7 @@ def paper_args(stage: str) -> Dict[str, Any]:
   return read_args(_TEMPLATE_DIR / f'paper_args_{stage}.txt')
 
 
-def _atomic_write(path: pathlib.Path, write_fn) -> None:
+def atomic_write(path: pathlib.Path, write_fn) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
   os.close(fd)
@@ -105,7 +105,7 @@ def save_state_dict(path: os.PathLike, state_dict: Mapping[str, np.ndarray]) -> 
   """Writes a state_dict as torch.save does (atomically: temp file, then rename)."""
   import torch  # pylint: disable=g-import-not-at-top
   tensors = collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in state_dict.items())
-  _atomic_write(pathlib.Path(path), lambda tmp: torch.save(tensors, tmp))
+  atomic_write(pathlib.Path(path), lambda tmp: torch.save(tensors, tmp))
 
 
 # --- config inference -------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def export_run(out_dir: os.PathLike, epoch: Any, cfg: BilayerConfig, variables: 
   for network in networks:
     sd = torch_names.variables_to_state_dict(network, cfg, jax.device_get(network_variables(variables, network)))
     save_state_dict(_checkpoint_path(out_dir, epoch, network), sd)
-  _atomic_write(out_dir / 'args.txt', lambda tmp: pathlib.Path(tmp).write_text(format_args(args)))
+  atomic_write(out_dir / 'args.txt', lambda tmp: pathlib.Path(tmp).write_text(format_args(args)))
 
 
 def export_runs(out_dir: os.PathLike, epoch: Any, cfg: BilayerConfig, variables: Mapping[str, Any],

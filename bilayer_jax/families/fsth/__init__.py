@@ -3,9 +3,11 @@
 Its parts: the three networks (`bilayer_jax.models.fsth`), one meta-learning and one fine-tuning iteration
 as the reference computes them (`objective.py`, parity-tested), meta-learning on the shared trainer with a
 row-sharded per-video matrix (`training.py`, `setup.py`), the held-out evaluation (`evaluation.py`) and the
-feed-forward animator (`bilayer_jax.inference.fsth_animator`: photos -> embedding -> frames).
+feed-forward animator (`bilayer_jax.inference.fsth_animator`: photos -> embedding -> frames) and the
+reference's checkpoint files (`bilayer_jax.convert.fsth_checkpoint`).
 """
 
+from bilayer_jax.convert import fsth_checkpoint
 from bilayer_jax.families import base
 from bilayer_jax.families.fsth import evaluation
 from bilayer_jax.families.fsth import setup
@@ -32,4 +34,5 @@ FAMILY = base.ModelFamily(
     name='fsth', description='Few-Shot Adversarial Learning of Realistic Neural Talking Head Models (ICCV 2019)',
     model_config=FSTHConfig, networks=training.NETWORKS, stages=STAGES, training=TRAINING,
     animator=fsth_animator.FSTHAnimator, animator_from_params=fsth_animator.FSTHAnimator.from_params,
-    converters={})
+    converters={'original': base.Converter(import_run=fsth_checkpoint.import_run,
+                                           export_run=fsth_checkpoint.export_run)})
