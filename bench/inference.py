@@ -2,7 +2,7 @@ r"""Inference benchmark at the paper configuration (256^2, batch 1, CPU): per-fr
 runtime the avatar can be shipped in, avatar-init latency, model sizes and quantised quality.
 
     python bench/inference.py [--runs 30] [--threads N] [--out_dir DIR] [--original_repo PATH]
-                              [--params DIR] [--source photo.jpg]
+                              [--params DIR] [--source photo.jpg] [--fsth_reference PATH] [--fsth_only]
 
 Rows (median of --runs after warm-up; runtimes run alternately so they see the same machine load):
   JAX jit, unfolded    BilayerGenerator.render (keypoint MLP + AdaBN trunk + warp), the training graph
@@ -10,6 +10,11 @@ Rows (median of --runs after warm-up; runtimes run alternately so they see the s
                        what Animator.render runs
   TFLite fp32/fp16/dynamic/int8   the exported per-frame models on the LiteRT interpreter (threads = N)
   PyTorch              torch_frame_net.FrameNet (eager, torch.set_num_threads(N))
+  FSTH per frame      the few-shot talking-head model bi-layer was made to beat, at its reference size
+                       (256² inference crops): the landmark sketch drawn + the generator (FSTHAnimator.render),
+                       and the generator alone; random weights (its cost does not depend on them)
+  FSTH reference       with --fsth_reference PATH (a checkout of vincent-thevenin/Realistic-Neural-Talking-
+                       Head-Models): its own Generator(256), eval mode, torch.no_grad, on the same sketch
 With --original_repo, the original's own per-frame path (keypoint MLP, gen_inf, grid_sample, add) runs
 on the same weights as the baseline (as in bench/forward.py). Weights are random with calibrated BN
 statistics (official weights cannot be downloaded here), or with --params those of a bilayer_jax params
@@ -26,6 +31,7 @@ reference figure (docs/benchmarks.md#the-originals-reference-figures).
 import argparse
 import dataclasses
 import os
+import pathlib
 import statistics
 import tempfile
 import time
@@ -36,7 +42,10 @@ import numpy as np
 from bilayer_jax import export as export_cli
 from bilayer_jax import model_io
 from bilayer_jax import xla_cpu
+from bilayer_jax.families.fsth import objective as fsth_objective
+from bilayer_jax.families.fsth import training as fsth_training
 from bilayer_jax.inference import animator as animator_lib
+from bilayer_jax.inference import fsth_animator
 from bilayer_jax.inference import folding
 from bilayer_jax.inference import preprocess
 from bilayer_jax.inference import tflite_export
@@ -44,6 +53,7 @@ from bilayer_jax.inference import video
 from bilayer_jax.models import config as model_config
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig
+from bilayer_jax.models.fsth.config import FSTHConfig
 import forward as forward_bench  # bench/forward.py (this script's folder is on sys.path)
 
 ORIGINAL_PER_FRAME_S = 0.050  # docs/benchmarks.md#the-originals-reference-figures
@@ -85,7 +95,46 @@ def _parse_args():
   parser.add_argument('--params', default=None,
                       help='bilayer_jax params directory (default: random paper-config weights)')
   parser.add_argument('--source', default=None, help='source photo (default: scikit-image astronaut)')
+  parser.add_argument('--fsth_only', action='store_true',
+                      help='only the FSTH rows and the bi-layer JAX rows they are compared with (no exports)')
+  parser.add_argument('--fsth_reference', default=None,
+                      help='checkout of vincent-thevenin/Realistic-Neural-Talking-Head-Models: its generator per frame')
   return parser.parse_args()
+
+
+def _fsth_rows(pose, reference_repo=None) -> dict:
+  """Per-frame functions of the FSTH model at its reference size (see the module docstring)."""
+  cfg = FSTHConfig(image_size=256)
+  variables = fsth_training.init_variables(fsth_objective.MetaStepConfig(model=cfg, num_video_rows=1), 0, None)
+  anim = fsth_animator.FSTHAnimator(cfg, variables['generator'], chunk=1)
+  embedding = jax.device_put(np.abs(np.random.default_rng(0).normal(0, 0.3, cfg.embedding_dim)).astype(np.float32))
+  avatar = fsth_animator.FSTHAvatar(embedding=embedding, sources=[])
+  sketch = jax.device_put(anim.sketches(pose))
+  rows = {'FSTH per frame (sketch + generator)': lambda: anim.render(avatar, pose),
+          'FSTH generator alone (JAX jit)': lambda: anim._render_fn(  # pylint: disable=protected-access
+              anim.variables, embedding, sketch).block_until_ready()}
+  if reference_repo:
+    rows['FSTH reference generator (PyTorch)'] = _fsth_reference_row(reference_repo, np.asarray(sketch),
+                                                                     np.asarray(embedding))
+  return rows
+
+
+def _fsth_reference_row(checkout, sketch, embedding):
+  """The reference's Generator(256) per frame, loaded by the FSTH fixture generator's unpatched loader."""
+  import sys  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests', 'fixtures',
+                                  'fsth_small'))
+  import generate as fsth_generate  # pylint: disable=g-import-not-at-top  (tests/fixtures/fsth_small/generate.py)
+  model = fsth_generate.load_reference(pathlib.Path(checkout), 1)
+  generator = model.Generator(256).eval()
+  g_y = torch.from_numpy(np.moveaxis((sketch + 1) / 2, -1, 1).astype(np.float32))
+  e_hat = torch.from_numpy(embedding[None, :, None])
+
+  def run():
+    with torch.no_grad():
+      generator(g_y, e_hat)
+  return run
 
 
 def _median_seconds(fn, repeats: int = 3) -> float:
@@ -221,10 +270,12 @@ def main():
   outputs = folding.frame_forward(net.spec, net.arrays, poses)
   reference, lf_reference = np.asarray(outputs['image']), np.asarray(outputs['lf'])
   uv_step_px = float(np.abs(np.diff(np.asarray(outputs['uv']), axis=2)).mean()) * cfg.image_size / 2
-  fns = {**_jax_rows(anim, avatar, net, poses[:1]),
-         **_tflite_rows(net, poses, out_dir, args.threads, reference, lf_reference, table),
-         **_torch_row(net, poses, out_dir, reference, table)}
-  _tflite_init_rows(anim, source, out_dir, args.threads, table)
+  fns = _jax_rows(anim, avatar, net, poses[:1])
+  if not args.fsth_only:
+    fns.update({**_tflite_rows(net, poses, out_dir, args.threads, reference, lf_reference, table),
+                **_torch_row(net, poses, out_dir, reference, table)})
+    _tflite_init_rows(anim, source, out_dir, args.threads, table)
+  fns.update(_fsth_rows(poses[:1], args.fsth_reference))
   if args.original_repo:
     fns['original PyTorch (this run)'] = forward_bench.bench_original(
         args.original_repo, cfg, {'generator': variables}, batch)['per-frame render']
@@ -232,6 +283,8 @@ def main():
   baseline = medians.get('original PyTorch (this run)', ORIGINAL_PER_FRAME_S)
   label = 'vs original (this run)' if args.original_repo else 'vs original 50 ms @ 256^2'
   _print_tables(medians, baseline, label, table, uv_step_px, out_dir)
+  print(f'FSTH per frame / bi-layer folded per frame (both JAX, this run): '
+        f'{medians["FSTH per frame (sketch + generator)"] / medians["JAX jit, folded"]:.1f}x')
 
 
 if __name__ == '__main__':

@@ -11,6 +11,9 @@ another (as in `bilayer_jax.drive`, with the same --detector and --landmarks). -
 first frame decoded) before the model is loaded, and rejected when no frame, or more than
 --max_faceless_fraction of its frames, has a face (`preprocess.FaceCoverage`, shared with drive).
 
+fsth params: the person's generator (landmark sketch -> image) with its AdaIN parameters baked in, as
+  tflite (`bilayer_jax.inference.fsth_export`) or torch (`fsth_torch.FSTHFrameNet`); the check runs it on
+  the driver's sketches.
 tflite: the folded per-frame network of the photo's avatar (136 keypoints -> image + mask), with a .json
   contract next to it; --with_init also writes <out>_init.tflite (crop, mask, stickman, pose -> avatar
   arrays; with the texture enhancer unless --noenhance) and <out>_generic.tflite (poses + avatar arrays ->
@@ -162,6 +165,29 @@ def _family_of(params: str) -> str:
   return model_io.load_config(params)[1]['family']
 
 
+def export_fsth(params: str, fmt: str, out: str, source: str, quantize: str, with_init: bool, driver, landmarks: str,
+                batch: int, *, detector: str, face_index, face_box, max_faceless_fraction: float) -> dict:
+  """The FSTH person's per-frame generator as TFLite (`fsth_export`) or TorchScript (`fsth_torch`), checked
+  against JAX on the driver's sketches."""
+  if with_init:
+    raise UsageError('--with_init: the fsth family\'s embedding runs once per person; it exports the per-frame '
+                     'generator only')
+  from bilayer_jax.inference import fsth_export  # pylint: disable=g-import-not-at-top
+  if driver:
+    preprocess.open_driver(driver)
+  anim, _, avatar = load_avatar(params, source, None, landmarks, detector, face_index, face_box)
+  poses = driver_poses(anim, driver, max_faceless_fraction=max_faceless_fraction)
+  sketches = anim.sketches(check_poses(poses, batch))
+  reference = fsth_export.jax_reference(anim, avatar, sketches)
+  if fmt == 'torch':
+    from bilayer_jax.inference import fsth_torch  # pylint: disable=g-import-not-at-top
+    path = fsth_torch.write_torchscript(anim, avatar, out)
+    return {'files': [str(path)], 'checks': {'frame': compare(fsth_torch.run_torchscript(path)(sketches), reference)}}
+  path = fsth_export.export_tflite(anim, avatar, out, quantize, batch, representative_sketches=anim.sketches(poses))
+  return {'files': [str(path), str(path.with_suffix('.json'))],
+          'checks': {'frame': compare(run_tflite(path, batch)(sketches), reference)}}
+
+
 def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none', with_init: bool = False,
            enhance=None, driver=None, landmarks: str = 'auto', epoch: str = '1', batch: int = 1, *,
            enh_out=None, enh_epoch: str = '1', detector: str = 'hog', face_index=None, face_box=None,
@@ -181,9 +207,9 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
   if not source:
     raise UsageError(f'--format {fmt} exports one avatar: --source photo is required')
   family = _family_of(params)
-  if family != 'bilayer':
-    raise UsageError(f'--format {fmt}: the per-frame export exists for the bilayer family only so far; {params} '
-                     f'is {family} (--format original writes its reference checkpoint files)')
+  if family == 'fsth':
+    return export_fsth(params, fmt, out, source, quantize, with_init, driver, landmarks, batch, detector=detector,
+                       face_index=face_index, face_box=face_box, max_faceless_fraction=max_faceless_fraction)
 
   from bilayer_jax.inference import folding  # pylint: disable=g-import-not-at-top
   if driver:

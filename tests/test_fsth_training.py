@@ -3,6 +3,7 @@ change), the run end to end on the demo dataset (checkpoints, logs, evaluation, 
 feed-forward animator built from its params."""
 
 import dataclasses
+import json
 import os
 import pathlib
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from bilayer_jax import config as config_lib
 from bilayer_jax import drive as drive_cli
 from bilayer_jax import errors
+from bilayer_jax import export as export_cli
 from bilayer_jax import families
 from bilayer_jax import model_io
 from bilayer_jax.data import samples
@@ -203,3 +205,18 @@ def test_drive_animates_a_photo_with_an_fsth_model(fsth_run, photo_file, tmp_pat
   with pytest.raises(errors.InvalidArgumentError, match='no texture enhancer'):
     drive_cli.drive(str(workdir / 'params'), photo_file, samples.carphone_path(), str(tmp_path / 'x.mp4'),
                     max_frames=2, progress=False, enhance=True)
+
+
+def test_tflite_export_of_a_person_matches_jax(fsth_run, photo_file, tmp_path):
+  """The person's per-frame generator as TFLite (float): the same images as JAX on the driver's sketches."""
+  workdir, _ = fsth_run
+  result = export_cli.export(str(workdir / 'params'), 'tflite', str(tmp_path / 'person.tflite'), source=photo_file)
+  assert result['checks']['frame']['psnr_db'] > 50 and result['checks']['frame']['max_abs_error'] < 1e-3
+  contract = json.loads((tmp_path / 'person.json').read_text())
+  assert contract['inputs'][0]['shape'] == [1, TINY.image_size, TINY.image_size, 3] and not contract['finetuned']
+
+
+def test_torchscript_export_of_a_person_matches_jax(fsth_run, photo_file, tmp_path):
+  workdir, _ = fsth_run
+  result = export_cli.export(str(workdir / 'params'), 'torch', str(tmp_path / 'person.pt'), source=photo_file)
+  assert result['checks']['frame']['max_abs_error'] < 1e-4 and result['files'] == [str(tmp_path / 'person.pt')]

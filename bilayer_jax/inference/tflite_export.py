@@ -71,7 +71,7 @@ def _tf():
   return tf
 
 
-def _convert(fn: Callable, specs: Sequence, quantize: str,
+def convert_function(fn: Callable, specs: Sequence, quantize: str,
              representative: Optional[Callable[[], Iterable[List[np.ndarray]]]] = None) -> bytes:
   """jax function -> TFLite flatbuffer bytes (builtin ops only)."""
   tf = _tf()
@@ -201,7 +201,7 @@ def _float_tensor_names(float_model) -> List[str]:
   return sorted({names[i] for i in keep | tainted})
 
 
-def _write(path: os.PathLike, model: bytes, contract: Mapping) -> pathlib.Path:
+def write_model(path: os.PathLike, model: bytes, contract: Mapping) -> pathlib.Path:
   """Writes the .tflite and its .json contract atomically (temp name, then rename)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +253,7 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
       for i in range(0, len(poses) - batch + 1, batch):
         yield [poses[i:i + batch]] + [net.arrays[k] for k in avatar_names]
 
-    return _convert(forward, specs, quantize, representative if quantize == 'int8' else None)
+    return convert_function(forward, specs, quantize, representative if quantize == 'int8' else None)
 
   selection = None
   # (the generic model takes the avatar arrays as the init model writes them: not equalised)
@@ -263,7 +263,7 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
     model = convert(net)
   contract = _frame_contract(net, quantize, batch, baked, avatar_names)
   contract['precision'] = _precision(quantize, selection, 0 if quantize != 'int8' else len(poses))
-  return _write(path, model, contract)
+  return write_model(path, model, contract)
 
 
 def _frame_contract(net: folding.FoldedFrameNet, quantize: str, batch: int, baked: bool, avatar_names) -> dict:
@@ -360,7 +360,7 @@ def export_init_model(cfg: BilayerConfig, variables: Mapping, path: os.PathLike,
            tf.TensorSpec((1, s, s, 1), tf.float32, name='source_seg'),
            tf.TensorSpec((1, s, s, 3), tf.float32, name='source_stickman'),
            tf.TensorSpec((1, cfg.pse_in_channels), tf.float32, name='source_pose')]
-  model = _convert(init, specs, quantize)
+  model = convert_function(init, specs, quantize)
   contract = {
       'model': 'bilayer_jax avatar initialisation' + (' with texture enhancer' if enhance else ''),
       'quantize': quantize,
@@ -373,7 +373,7 @@ def export_init_model(cfg: BilayerConfig, variables: Mapping, path: os.PathLike,
                   'meaning': 'keypoints as for the per-frame model'}],
       'outputs': [{'name': k} for k in names],
   }
-  return _write(path, model, contract)
+  return write_model(path, model, contract)
 
 
 class LiteRunner:
