@@ -93,3 +93,19 @@ def test_notebooks_run_headless(tmp_path, monkeypatch, fixtures_dir, enh_run_dir
   assert 'enhancer stage: initialised' in text
   assert (workdir / 'train' / 'enhancer' / 'params' / 'config.json').is_file()
   assert (workdir / 'train' / 'eval' / 'notebook' / 'results.json').is_file()
+
+
+@pytest.mark.slow
+def test_the_training_notebook_trains_the_fsth_family(tmp_path, monkeypatch):
+  """FAMILY='fsth': meta-learning (resumed), then the evaluation feed-forward and fine-tuned, at CI sizes."""
+  monkeypatch.setenv('BILAYER_JAX_NOTEBOOK_SMOKE', '1')
+  monkeypatch.setenv('BILAYER_JAX_DATA_DIR', demo.ensure_demo_dataset(str(tmp_path / 'data')))
+  monkeypatch.setenv('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
+  monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+  workdir = tmp_path / 'train'
+  text = _execute('train', tmp_path, WORKDIR=str(workdir), FAMILY='fsth')
+  assert 'meta stage: initialised from scratch; trained steps 0 -> 4' in text
+  assert 'meta stage: resumed from this workdir at step 4; trained steps 4 -> 6' in text
+  assert 'enhancer stage' not in text
+  finetuned = json.loads((workdir / 'eval' / 'notebook_finetuned' / 'results.json').read_text())
+  assert finetuned['model']['finetune_steps'] == 2 and finetuned['protocol']['num_source_frames'] == 8

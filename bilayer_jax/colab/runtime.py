@@ -33,21 +33,24 @@ class Sizes:
   eval_targets: int  # target frames per video in the notebook's evaluation
   calibration_frames: int  # driver frames whose poses calibrate int8 and check exports
   latency_runs: int  # timed calls per latency figure
+  finetune_steps: int = 0  # train notebook, FSTH: fine-tuning steps on each held-out video's frames
 
 
 # Colab's CPU runtime has 2 cores (for the demo config's step time there see
 # docs/benchmarks.md#other-measurements-behind-code-choices); accelerators train longer.
 _SIZES = {
     'cpu': Sizes(base_steps=200, resume_steps=100, enhancer_steps=50, demo_base_steps=60, demo_enhancer_steps=20,
-                 batch_size=4, driver_frames=120, eval_targets=16, calibration_frames=60, latency_runs=20),
+                 batch_size=4, driver_frames=120, eval_targets=16, calibration_frames=60, latency_runs=20,
+                 finetune_steps=100),
     'gpu': Sizes(base_steps=1000, resume_steps=500, enhancer_steps=300, demo_base_steps=400,
                  demo_enhancer_steps=100, batch_size=8, driver_frames=120, eval_targets=32, calibration_frames=60,
-                 latency_runs=50),
+                 latency_runs=50, finetune_steps=300),
     'tpu': Sizes(base_steps=1000, resume_steps=500, enhancer_steps=300, demo_base_steps=400,
                  demo_enhancer_steps=100, batch_size=8, driver_frames=120, eval_targets=32, calibration_frames=60,
-                 latency_runs=50),
+                 latency_runs=50, finetune_steps=300),
     'smoke': Sizes(base_steps=4, resume_steps=2, enhancer_steps=2, demo_base_steps=4, demo_enhancer_steps=2,
-                   batch_size=4, driver_frames=6, eval_targets=2, calibration_frames=4, latency_runs=2),
+                   batch_size=4, driver_frames=6, eval_targets=2, calibration_frames=4, latency_runs=2,
+                   finetune_steps=2),
 }
 
 

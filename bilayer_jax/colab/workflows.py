@@ -24,6 +24,7 @@ from bilayer_jax.data import input_pipeline
 from bilayer_jax.inference import folding
 from bilayer_jax.inference import tflite_export
 from configs import demo as demo_config_lib
+from configs import fsth_demo as fsth_demo_config_lib
 from data_prep import demo
 
 def _unit_range(image) -> np.ndarray:
@@ -37,19 +38,21 @@ EXPORT_VARIANTS = {  # name -> (format, TFLite quantisation)
 
 
 def demo_config(runtime: runtime_lib.Runtime, stage: str = 'base', dataset: str = '',
-                data_dir: str = '') -> ml_collections.ConfigDict:
-  """configs/demo.py for `stage` at the runtime's sizes, with a progress bar.
+                data_dir: str = '', family: str = 'bilayer') -> ml_collections.ConfigDict:
+  """configs/demo.py for `stage` (family 'fsth': configs/fsth_demo.py, stage 'meta') at the runtime's sizes,
+  with a progress bar.
 
   Logging, evaluation and checkpoint periods follow the stage's planned length (so a resumed run keeps the
   same checkpoint steps, and with them the same data order). `dataset`: a tfds name such as
   'talking_heads/vox2' under `data_dir` (default: the built-in demo dataset).
   """
   sizes = runtime.sizes
-  config = demo_config_lib.get_config(stage)
+  config = fsth_demo_config_lib.get_config() if family == 'fsth' else demo_config_lib.get_config(stage)
   config.batch_size = sizes.batch_size
   length = sizes.enhancer_steps if stage == 'enhancer' else sizes.base_steps
   config.num_steps = length
-  config.enhancer_num_steps = sizes.enhancer_steps  # stage 'both'
+  if family != 'fsth':
+    config.enhancer_num_steps = sizes.enhancer_steps  # stage 'both'
   config.log.every_steps = max(1, length // 20)
   config.log.image_every_steps = config.log.eval_every_steps = max(1, length // 4)
   config.log.checkpoint_every_steps = max(1, length // 2)
@@ -58,6 +61,14 @@ def demo_config(runtime: runtime_lib.Runtime, stage: str = 'base', dataset: str 
     config.data.name, config.data.demo = dataset, False
   config.data.data_dir = data_dir
   return config
+
+
+def grid_columns(config: ml_collections.ConfigDict) -> str:
+  """What the columns of the trainer's image grids show, for the config's family and stage."""
+  if config.family == 'fsth':
+    return 'source | its sketch | target sketch | target | prediction'
+  columns = 'source | target | prediction | low-frequency layer | warped texture | texture | mask'
+  return columns.replace('| texture |', '| texture | enhanced texture |') if config.stage == 'enhancer' else columns
 
 
 def prepare_data(config: ml_collections.ConfigDict) -> str:
@@ -154,13 +165,19 @@ def animate(params: str, photo: str, driver: str, out: os.PathLike, runtime: run
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike, params: str,
-             runtime: runtime_lib.Runtime, metrics: str = 'l1,psnr,ssim,lpips') -> Dict[str, Any]:
-  """The evaluation protocol (one-shot self-reenactment on the held-out split, with the source-copy and
-  mean-image baselines) on `params`; writes WORKDIR/eval/notebook/{results.json,results.md,examples.png}."""
+             runtime: runtime_lib.Runtime, metrics: str = 'l1,psnr,ssim,lpips', finetune: bool = False
+             ) -> Dict[str, Any]:
+  """The evaluation protocol (self-reenactment on the held-out split, with the source-copy and mean-image
+  baselines) on `params`; writes WORKDIR/eval/notebook[_finetuned]/{results.json,results.md,examples.png}.
+  FSTH: K = 8 source frames per video, fine-tuned on them first (runtime.sizes.finetune_steps) if `finetune`."""
   from bilayer_jax import evaluate  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())
-  config.eval.params, config.eval.metrics, config.eval.name = params, tuple(metrics.split(',')), 'notebook'
+  config.eval.params, config.eval.metrics = params, tuple(metrics.split(','))
+  config.eval.name = 'notebook_finetuned' if finetune else 'notebook'
   config.eval.max_targets = runtime.sizes.eval_targets
+  if config.family == 'fsth':
+    config.eval.num_source_frames = 8
+    config.eval.finetune_steps = runtime.sizes.finetune_steps if finetune else 0
   prepare_data(config)
   return evaluate.evaluate(config, str(workdir))
 
