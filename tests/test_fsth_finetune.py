@@ -63,6 +63,7 @@ def test_finetuning_writes_params_the_animator_renders_with_psi(tuned, person):
   assert out['image'].shape == person[1]['target_imgs'].shape and (out['mask'] == 1).all()
 
 
+@pytest.mark.slow  # two more fine-tuning runs
 def test_resumed_finetuning_gives_the_uninterrupted_losses(tiny_fsth_run, person, tuned, tmp_path):
   params, _, reference = tuned
   first = finetune.finetune(params, person[0], str(tmp_path), _settings(steps=2))
@@ -120,6 +121,7 @@ def test_evaluation_feed_forward_and_finetuned(tiny_fsth_run, demo_data_dir):
   assert results['ft']['self_reenactment']['summary']['psnr'] != results['ff']['self_reenactment']['summary']['psnr']
 
 
+@pytest.mark.slow  # two more fine-tuning runs
 def test_preemption_checkpoints_and_a_rerun_resumes(tiny_fsth_run, person, tuned, tmp_path, monkeypatch):
   """SIGTERM (the guard's flag) after step 1: a checkpoint of step 1, no params; the same call resumes."""
   params, _, reference = tuned

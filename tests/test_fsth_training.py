@@ -67,32 +67,35 @@ def _random_batch(rng, cfg, index):
           'target_stickmen': image(1), 'video_index': jnp.asarray(index, jnp.int32)}
 
 
-def test_a_step_changes_only_the_rows_of_the_batch_videos():
+@pytest.fixture(scope='module')
+def one_step():
+  """(cfg, state, batch, state after one jitted train step, its metrics) of a 6-row table, videos 4 and 1."""
   cfg = objective.MetaStepConfig(model=TINY, vgg19_weight=0, vggface_weight=0, num_video_rows=6)
   batch = _random_batch(np.random.default_rng(1), cfg, [4, 1])
-  variables = training.init_variables(cfg, 0, None)
-  state = training.init_state(cfg, variables)
+  state = jax.device_get(training.init_state(cfg, training.init_variables(cfg, 0, None)))
   after, metrics = jax.jit(lambda s, b: training.train_step(cfg, s, b, {}))(state, batch)
-  before_table, table = jax.device_get(state['video_table']), jax.device_get(after['video_table'])
+  return cfg, state, batch, jax.device_get(after), jax.device_get(metrics)
+
+
+def test_a_step_changes_only_the_rows_of_the_batch_videos(one_step):
+  cfg, state, _, after, metrics = one_step
+  before_table, table = state['video_table'], after['video_table']
   drawn = np.isin(np.arange(6), [1, 4])
   np.testing.assert_array_equal(table['rows'][~drawn], before_table['rows'][~drawn])
   assert (table['count'] == drawn * cfg.discriminator_updates).all()
   assert not (table['mu'][~drawn]).any() and (table['mu'][drawn] != 0).any()
   assert (np.abs(table['rows'][drawn] - before_table['rows'][drawn]) > 1e-6).mean() > 0.5
-  assert int(after['step']) == 1 and all(np.isfinite(float(v)) for v in jax.device_get(metrics).values())
+  assert int(after['step']) == 1 and all(np.isfinite(float(v)) for v in metrics.values())
 
 
-def test_the_step_is_the_parity_tested_iteration():
+def test_the_step_is_the_parity_tested_iteration(one_step):
   """The trainer's step = objective.meta_iteration on the gathered rows (leaky ReLU on load), which the
   fixtures test: the same losses and networks after one step from the same state."""
-  cfg = objective.MetaStepConfig(model=TINY, vgg19_weight=0, vggface_weight=0, num_video_rows=4)
-  batch = _random_batch(np.random.default_rng(2), cfg, [3, 0])
-  state = training.init_state(cfg, training.init_variables(cfg, 1, None))
-  after, metrics = training.train_step(cfg, state, batch, {})
+  cfg, state, batch, after, metrics = one_step
   per_network = training._by_network(training.model_variables(state))  # pylint: disable=protected-access
   rows = jax.nn.leaky_relu(state['video_table']['rows'][batch['video_index']], TINY.leaky_slope)
   episode = {**training.episode(cfg, batch), 'video_rows': rows}
-  out, reference_metrics = objective.meta_step(cfg, per_network, {}, episode)
+  out, reference_metrics = jax.jit(lambda v, e: objective.meta_step(cfg, v, {}, e))(per_network, episode)
   expected_vars, expected_rows = out['variables'], out['video_rows']
   np.testing.assert_allclose(metrics['loss/total'], reference_metrics['loss_g'], rtol=1e-6)
   np.testing.assert_allclose(after['video_table']['rows'][batch['video_index']], expected_rows, rtol=1e-6)

@@ -78,12 +78,16 @@ def baked_arrays(animator, avatar) -> Dict[str, np.ndarray]:
   return arrays
 
 
+def _tensor(array) -> torch.Tensor:
+  return torch.from_numpy(np.array(array, np.float32))  # a writable copy
+
+
 def _conv(arrays, path: str) -> torch.nn.Conv2d:
-  weight = torch.from_numpy(np.array(arrays[f'{path}/weight'], np.float32))
+  weight = _tensor(arrays[f'{path}/weight'])
   conv = torch.nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], padding=weight.shape[2] // 2)
   with torch.no_grad():
     conv.weight.copy_(weight)
-    conv.bias.copy_(torch.from_numpy(np.array(arrays[f'{path}/bias'], np.float32)))
+    conv.bias.copy_(_tensor(arrays[f'{path}/bias']))
   return conv
 
 
@@ -109,8 +113,8 @@ class ResDown(torch.nn.Module):
 class InstanceNorm(torch.nn.Module):
   def __init__(self, arrays, path: str, eps: float):
     super().__init__()
-    self.register_buffer('scale', torch.from_numpy(arrays[f'{path}/scale']).view(1, -1, 1, 1))
-    self.register_buffer('shift', torch.from_numpy(arrays[f'{path}/bias']).view(1, -1, 1, 1))
+    self.register_buffer('scale', _tensor(arrays[f'{path}/scale']).view(1, -1, 1, 1))
+    self.register_buffer('shift', _tensor(arrays[f'{path}/bias']).view(1, -1, 1, 1))
     self.eps = eps
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +127,7 @@ class SelfAttention(torch.nn.Module):
   def __init__(self, arrays, path: str):
     super().__init__()
     self.conv_f, self.conv_g, self.conv_h = (_conv(arrays, f'{path}/{n}') for n in ('conv_f', 'conv_g', 'conv_h'))
-    self.register_buffer('gamma', torch.from_numpy(arrays[f'{path}/gamma']))
+    self.register_buffer('gamma', _tensor(arrays[f'{path}/gamma']))
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
@@ -139,7 +143,7 @@ class ResAdaIN(torch.nn.Module):
     super().__init__()
     self.conv1, self.conv2 = _conv(arrays, f'{path}/conv1'), _conv(arrays, f'{path}/conv2')
     for name, piece in zip(('mean1', 'std1', 'mean2', 'std2'), np.split(psi, 4)):
-      self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(piece)))
+      self.register_buffer(name, _tensor(piece))
     self.eps, self.slope = cfg.adain_eps, cfg.leaky_slope
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +158,7 @@ class ResUp(torch.nn.Module):
                                                                                           'conv_r2'))
     cout = self.conv_r1.out_channels
     for name, piece in zip(('mean1', 'std1', 'mean2', 'std2'), np.split(psi, [cin, 2 * cin, 2 * cin + cout])):
-      self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(piece)))
+      self.register_buffer(name, _tensor(piece))
     self.eps, self.slope, self.out_size = cfg.adain_eps, cfg.leaky_slope, out_size
 
   def _up(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,8 +188,8 @@ class FSTHFrameNet(torch.nn.Module):
         ResUp(arrays, f'res_up{i + 1}', arrays[f'adain{r + i}'], cin, cfg, cfg.image_size if i == last else 0)
         for i, (cin, _) in enumerate(cfg.up_channels)])
     mean, scale = np.split(arrays[f'adain{r + len(cfg.up_channels)}'], 2)
-    self.register_buffer('out_mean', torch.from_numpy(np.ascontiguousarray(mean)))
-    self.register_buffer('out_scale', torch.from_numpy(np.ascontiguousarray(scale)))
+    self.register_buffer('out_mean', _tensor(mean))
+    self.register_buffer('out_scale', _tensor(scale))
     self.conv_out = _conv(arrays, 'conv_out')
     self.eps, self.slope = cfg.adain_eps, cfg.leaky_slope
 
