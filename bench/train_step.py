@@ -1,7 +1,7 @@
 r"""Training-step benchmark: steady-state step time, images/s, compile time, peak RSS (and FLOP/s, MFU).
 
-    python bench/train_step.py [--configs paper,paper_released,demo] [--steps 5] [--peak_tflops X]
-                               [--original_repo PATH]
+    python bench/train_step.py [--configs paper,paper_released,demo,paper_bf16,demo_bf16] [--steps 5]
+                               [--peak_tflops X] [--original_repo PATH]
 
 Each configuration runs in its own subprocess (so that peak RSS is its own) through the real pieces of a
 training run: `configs/*.py` -> StepConfig, host-side init, the jit-compiled train step of
@@ -11,11 +11,14 @@ training run: `configs/*.py` -> StepConfig, host-side init, the jit-compiled tra
   * paper_released: the same with `train.train_discriminator=False`, the work the RELEASED original does
     (its discriminator never receives a gradient, docs/original_bugs.md#the-discriminator-is-never-trained): the
     like-for-like comparison;
-  * demo:  configs/demo.py base stage (64^2, tiny widths, ImageNet VGG16 perceptual loss), batch 4.
-Reported: compile time (lower + compile, persistent cache off), median step time over --steps steps after
-one warm-up step, process CPU seconds per step (CPU s / step s = the cores actually had, which shows a loaded
-machine), images/s (= batch x target frames / step time), XLA's FLOP count of the step and the achieved
-FLOP/s, MFU when --peak_tflops (the accelerator's dense fp32/tf32 peak) is given, and peak RSS.
+  * demo:  configs/demo.py base stage (64^2, tiny widths, ImageNet VGG16 perceptual loss), batch 4;
+  * paper_bf16, demo_bf16: the same with `train.dtype=bfloat16` (activations and convolutions in bf16;
+    parameters, Adam moments and BN statistics stay fp32; docs/benchmarks.md#bfloat16-on-the-cpu-2026-12-06).
+Reported: compile time (lower + compile, persistent cache off; --compile_cache: also cold vs warm
+cache), median step time over --steps steps after one warm-up step, process CPU seconds per step (CPU s /
+step s = the cores actually had, which shows a loaded machine), images/s (= batch x target frames / step
+time), XLA's FLOP count of the step and the achieved FLOP/s, MFU when --peak_tflops (the accelerator's
+dense fp32/tf32 peak) is given, and peak RSS.
 
 Baseline of the paper rows (the ratio column is ours / baseline; the goal is <= 0.8), named in the output:
   * with --original_repo (a checkout of saic-violet/bilayer-model): the ORIGINAL's base-stage training
@@ -52,6 +55,19 @@ def _run_child(cmd, env, what):
   if proc.returncode or not lines:
     sys.exit(f'{what}: benchmark failed\n{proc.stderr[-3000:]}')
   return json.loads(lines[-1][len('RESULT '):])
+
+
+def _print_compile_cache(names, env) -> None:
+  """Compile time of each config with an empty persistent cache, then again from the cache it filled."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  for name in names:
+    with tempfile.TemporaryDirectory(prefix='bilayer_jax_cache_') as cache:
+      cached_env = {**env, 'JAX_ENABLE_COMPILATION_CACHE': 'true', 'JAX_COMPILATION_CACHE_DIR': cache,
+                    'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+      cmd = [sys.executable, os.path.abspath(__file__), '--child', name, '--steps', '1']
+      cold, warm = (_run_child(cmd, cached_env, name)['compile_s'] for _ in range(2))
+    print(f'compile {name}: {cold:.1f} s with an empty persistent cache, {warm:.1f} s from it '
+          f'({warm / cold:.2f}x)')
 
 
 def _measure_original(repo: str, steps: int, threads: int, env) -> dict:
@@ -98,6 +114,10 @@ def _perceptual_params(cfg, size: int) -> dict:
   return params
 
 
+# `_bf16`: the same step with train.dtype=bfloat16 (compute in bf16; params, Adam and statistics stay fp32).
+CONFIGS = ('paper', 'paper_released', 'demo', 'paper_bf16', 'demo_bf16')
+
+
 def _measure(name: str, steps: int) -> dict:
   """Runs in the child process: one configuration, returns its figures."""
   import functools  # pylint: disable=g-import-not-at-top
@@ -112,6 +132,8 @@ def _measure(name: str, steps: int) -> dict:
   config = paper_base.get_config() if paper else demo.get_config('base')
   config.batch_size = 1 if paper else 4
   config.train.train_discriminator = name != 'paper_released'
+  if name.endswith('_bf16'):
+    config.train.dtype = 'bfloat16'
   cfg = setup.step_config(config, 'base')
   b, s = config.batch_size, config.model.image_size
   batch = _random_batch(b, s, config.model.pse_in_channels)
@@ -190,14 +212,17 @@ def main():
   parser.add_argument('--original_repo', default=None,
                       help='checkout of saic-violet/bilayer-model: measure the baseline in this run')
   parser.add_argument('--threads', type=int, default=os.cpu_count(), help='torch threads of the original')
+  parser.add_argument('--compile_cache', action='store_true',
+                      help='also measure each config\'s compile time with a cold and then a warm persistent '
+                           'compilation cache (what every host of a pod saves when it restarts)')
   parser.add_argument('--child', default='', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.original_repo and not os.path.isfile(os.path.join(args.original_repo, 'runners', 'default.py')):
     sys.exit(f'--original_repo {args.original_repo}: not a checkout of saic-violet/bilayer-model '
              '(expected runners/default.py in it)')
-  unknown = set(args.configs.split(',')) - {'paper', 'paper_released', 'demo'}
+  unknown = set(args.configs.split(',')) - set(CONFIGS)
   if unknown:
-    sys.exit(f'--configs: unknown {sorted(unknown)}; expected paper, paper_released, demo')
+    sys.exit(f'--configs: unknown {sorted(unknown)}; expected {", ".join(CONFIGS)}')
   if args.child:
     print('RESULT ' + json.dumps(_measure(args.child, args.steps)))
     return
@@ -206,6 +231,8 @@ def main():
   for name in args.configs.split(','):
     rows.append(_run_child([sys.executable, os.path.abspath(__file__), '--child', name, '--steps', str(args.steps)],
                            env, name))
+  if args.compile_cache:
+    _print_compile_cache(args.configs.split(','), env)
   base = None
   if args.original_repo and any(r['config'].startswith('paper') for r in rows):
     base = _measure_original(args.original_repo, args.steps, args.threads, env)
