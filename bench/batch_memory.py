@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position  (bench/train_step.py)
+from bilayer_jax import xla_cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def compiled_memory(name: str, batch: int) -> float:
@@ -29,6 +30,7 @@ def compiled_memory(name: str, batch: int) -> float:
   import jax  # pylint: disable=g-import-not-at-top
   from bilayer_jax.families.bilayer import objective as step_lib  # pylint: disable=g-import-not-at-top
   from bilayer_jax.families.bilayer import setup  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.train import sharding  # pylint: disable=g-import-not-at-top
   from configs import paper_base  # pylint: disable=g-import-not-at-top
   config = paper_base.get_config()
   config.batch_size = batch
@@ -40,12 +42,17 @@ def compiled_memory(name: str, batch: int) -> float:
   perceptual = train_step._perceptual_params(cfg, s)  # pylint: disable=protected-access
   shapes = step_lib.variable_shapes(cfg, data)
   state = jax.eval_shape(functools.partial(step_lib.init_state, cfg), shapes)
-  compiled = jax.jit(functools.partial(step_lib.train_step, cfg), donate_argnums=(0,)).lower(
-      state, data, perceptual).compile()
+  # Lowered as bench/train_step.py and the trainer do (explicit shardings, the state donated and aliased).
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  state_sh, batch_sh, repl = sharding.state_shardings(state, mesh), sharding.batch_sharding(mesh), sharding.replicated(
+      mesh)
+  compiled = jax.jit(functools.partial(step_lib.train_step, cfg), in_shardings=(state_sh, batch_sh, repl),
+                     out_shardings=(state_sh, repl), donate_argnums=(0,)).lower(state, data, perceptual).compile()
   return train_step._xla_memory(compiled)['device_gb']  # pylint: disable=protected-access
 
 
 def main() -> None:
+  xla_cpu.configure()  # before JAX starts, as every entry point and bench/train_step.py
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--batches', default='1,2,4')
   parser.add_argument('--budgets', default='16,24,40,80')
