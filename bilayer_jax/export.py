@@ -173,8 +173,6 @@ def export_fsth(params: str, fmt: str, out: str, source: str, quantize: str, wit
     raise UsageError('--with_init: the fsth family\'s embedding runs once per person; it exports the per-frame '
                      'generator only')
   from bilayer_jax.inference import fsth_export  # pylint: disable=g-import-not-at-top
-  if driver:
-    preprocess.open_driver(driver)
   anim, _, avatar = load_avatar(params, source, None, landmarks, detector, face_index, face_box)
   poses = driver_poses(anim, driver, max_faceless_fraction=max_faceless_fraction)
   sketches = anim.sketches(check_poses(poses, batch))
@@ -206,14 +204,14 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
     return {'files': [out] + ([enh_out] if enh_out else []), 'checks': {}}
   if not source:
     raise UsageError(f'--format {fmt} exports one avatar: --source photo is required')
+  if driver:
+    preprocess.open_driver(driver)  # a wrong path fails now, not after the avatar setup
   family = _family_of(params)
   if family == 'fsth':
     return export_fsth(params, fmt, out, source, quantize, with_init, driver, landmarks, batch, detector=detector,
                        face_index=face_index, face_box=face_box, max_faceless_fraction=max_faceless_fraction)
 
   from bilayer_jax.inference import folding  # pylint: disable=g-import-not-at-top
-  if driver:
-    preprocess.open_driver(driver)  # a wrong path fails now, not after the avatar setup
   anim, inputs, avatar = load_avatar(params, source, enhance, landmarks, detector, face_index, face_box)
   net = anim.fold(avatar)
   poses = driver_poses(anim, driver, max_faceless_fraction=max_faceless_fraction)
