@@ -225,6 +225,7 @@ def _define_flags() -> None:
 def main(argv) -> Optional[int]:
   del argv
   xla_cpu.configure()
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; the bar and the summary say enough
   cfg_model, _ = model_io.load_config(flags.FLAGS.params)
   sources = read_sources(flags.FLAGS.frames, flags.FLAGS.num_frames, cfg_model.image_size, flags.FLAGS.landmarks)
   f = flags.FLAGS
