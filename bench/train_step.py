@@ -13,7 +13,8 @@ training run: `configs/*.py` -> StepConfig, host-side init, the jit-compiled tra
     like-for-like comparison;
   * demo:  configs/demo.py base stage (64^2, tiny widths, ImageNet VGG16 perceptual loss), batch 4;
   * paper_bf16, demo_bf16: the same with `train.dtype=bfloat16` (activations and convolutions in bf16;
-    parameters, Adam moments and BN statistics stay fp32; docs/benchmarks.md#bfloat16-on-the-cpu-2026-12-06).
+    parameters, Adam moments and BN statistics stay fp32; docs/benchmarks.md#bfloat16-on-the-cpu-2026-12-06);
+  * paper_remat_convs, paper_remat_full: the paper step with `train.remat` 'convs' / 'full'.
 Reported: compile time (lower + compile, persistent cache off; --compile_cache: also cold vs warm
 cache), median step time over --steps steps after one warm-up step, process CPU seconds per step (CPU s /
 step s = the cores actually had, which shows a loaded machine), images/s (= batch x target frames / step
@@ -115,7 +116,8 @@ def _perceptual_params(cfg, size: int) -> dict:
 
 
 # `_bf16`: the same step with train.dtype=bfloat16 (compute in bf16; params, Adam and statistics stay fp32).
-CONFIGS = ('paper', 'paper_released', 'demo', 'paper_bf16', 'demo_bf16')
+# `_remat_convs`, `_remat_full`: train.remat policies (families/bilayer/objective.REMAT_POLICIES).
+CONFIGS = ('paper', 'paper_released', 'demo', 'paper_bf16', 'demo_bf16', 'paper_remat_convs', 'paper_remat_full')
 
 
 def _measure(name: str, steps: int) -> dict:
@@ -134,6 +136,8 @@ def _measure(name: str, steps: int) -> dict:
   config.train.train_discriminator = name != 'paper_released'
   if name.endswith('_bf16'):
     config.train.dtype = 'bfloat16'
+  if '_remat_' in name:
+    config.train.remat = name.rsplit('_', 1)[1]
   cfg = setup.step_config(config, 'base')
   b, s = config.batch_size, config.model.image_size
   batch = _random_batch(b, s, config.model.pse_in_channels)

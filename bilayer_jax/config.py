@@ -133,6 +133,7 @@ class TrainConfig:
   train_discriminator: bool = True
   dtype: str = 'float32'  # or 'bfloat16' (params, optimiser and statistics stay float32)
   matmul_precision: str = 'default'  # 'highest' for exact float32 convs on GPU/TPU
+  remat: str = 'none'  # bi-layer: 'none' | 'convs' | 'full' (families/bilayer/objective.REMAT_POLICIES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -111,6 +111,7 @@ def _check_bilayer(c: _Checker) -> None:
     c.non_negative(f'loss.{field}')
   c.expect('loss.per_layer_weights', lambda v: len(v) == 5 and all(w >= 0 for w in v),
            'five weights >= 0 (one per VGG block)')
+  c.choice('train.remat', ('none', 'convs', 'full'))
   c.expect('eval.num_source_frames', lambda v: v == 1, '1 (the bi-layer model is one-shot)')
   c.expect('eval.finetune_steps', lambda v: v == 0, '0 (fine-tuning is for the fsth family)')
   try:
@@ -124,6 +125,7 @@ def _check_fsth(c: _Checker) -> None:
   c.positive('optim.generator_lr')
   c.positive('optim.discriminator_lr')
   c.integer('optim.discriminator_updates', 0)
+  c.expect('train.remat', lambda v: v == 'none', "'none' (rematerialisation is implemented for bi-layer)")
   for field in ('vgg19_weight', 'vggface_weight', 'lpips_vgg16_weight', 'feature_matching_weight',
                 'match_weight'):
     c.non_negative(f'loss.{field}')

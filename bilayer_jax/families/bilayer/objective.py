@@ -73,6 +73,7 @@ class StepConfig:
   inf_apply_masks: bool
   enh_apply_masks: bool
   dtype: Any
+  remat: str = 'none'  # REMAT_POLICIES: what the backward pass recomputes instead of storing
 
   @property
   def enhancer(self) -> bool:
@@ -92,6 +93,23 @@ class StepConfig:
 
   def lr(self, network: str) -> float:
     return dict(self.lrs)[network]
+
+
+def _save_convolutions(primitive, *args, **params) -> bool:
+  del args, params
+  return primitive is jax.lax.conv_general_dilated_p
+
+
+# jax.checkpoint policies around the generator, the discriminator passes and each perceptual network:
+# 'none' stores every activation for the backward pass; 'convs' stores only convolution outputs and
+# recomputes the rest (normalisations, activations, warps); 'full' stores nothing inside those calls
+# (their inputs only) and recomputes each forward. Same losses and gradients (tests/test_remat.py, float64);
+# the memory/time trade-off is in docs/benchmarks.md#rematerialisation-2026-12-07.
+REMAT_POLICIES = {'none': None, 'convs': _save_convolutions, 'full': jax.checkpoint_policies.nothing_saveable}
+
+
+def _remat(cfg: StepConfig, fn):
+  return fn if cfg.remat == 'none' else jax.checkpoint(fn, policy=REMAT_POLICIES[cfg.remat])
 
 
 def make_models(cfg: StepConfig) -> Tuple[BilayerGenerator, Discriminator]:
@@ -126,13 +144,15 @@ def compute_losses(cfg: StepConfig, state: State, trained: Mapping[str, Any], ba
   gen, disc = make_models(cfg)
   params = merge_trainable(jax.tree_util.tree_map(jax.lax.stop_gradient, state['params']), trained)
   model_state = state['model_state']
-  out, gen_state = gen.apply(
-      {'params': params['generator'], **model_state['generator']}, batch, train=cfg.generator_train_modes,
-      inf_apply_masks=cfg.inf_apply_masks, enh_apply_masks=cfg.enh_apply_masks,
-      pred_source_data=cfg.enhancer, enhance=cfg.enhancer, mutable=['batch_stats', 'spectral'])
-  dout, dis_state = discriminator_passes(
-      disc, {'params': params['discriminator'], **model_state['discriminator']}, out['target_imgs'],
-      out[cfg.fake_key], batch['target_stickmen'], train=True)
+  generator = _remat(cfg, lambda variables, inputs: gen.apply(
+      variables, inputs, train=cfg.generator_train_modes, inf_apply_masks=cfg.inf_apply_masks,
+      enh_apply_masks=cfg.enh_apply_masks, pred_source_data=cfg.enhancer, enhance=cfg.enhancer,
+      mutable=['batch_stats', 'spectral']))
+  out, gen_state = generator({'params': params['generator'], **model_state['generator']}, batch)
+  passes = _remat(cfg, lambda variables, real, fake, stickmen: discriminator_passes(
+      disc, variables, real, fake, stickmen, train=True))
+  dout, dis_state = passes({'params': params['discriminator'], **model_state['discriminator']},
+                           out['target_imgs'], out[cfg.fake_key], batch['target_stickmen'])
   lc = cfg.losses
   # Losses in at least float32: bfloat16 outputs are upcast, a float64 reference run stays float64.
   f32 = lambda x: jax.tree_util.tree_map(lambda a: a.astype(jnp.promote_types(a.dtype, jnp.float32)), x)
@@ -151,9 +171,9 @@ def compute_losses(cfg: StepConfig, state: State, trained: Mapping[str, Any], ba
     for name, weight in perceptual:
       if not perceptual_params or name not in perceptual_params:
         raise ValueError(f'perceptual loss {name} is on but its weights were not passed to the step')
-      net = vgg.VGGFeatures(vgg.PERCEPTUAL_NETS[name])
-      real_feats = net.apply(perceptual_params[name], real)
-      fake_feats = net.apply(perceptual_params[name], fake)
+      features = _remat(cfg, vgg.VGGFeatures(vgg.PERCEPTUAL_NETS[name]).apply)
+      real_feats = features(perceptual_params[name], real)
+      fake_feats = features(perceptual_params[name], fake)
       losses[PERCEPTUAL_LOSS_NAMES[name]] = weight * vgg.weighted_feature_l1(fake_feats, real_feats,
                                                                              lc.per_layer_weights)
   losses['G_L1'] = lc.pix_loss_weight * L.pixelwise(

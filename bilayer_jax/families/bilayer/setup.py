@@ -61,7 +61,7 @@ def step_config(config: Any, stage: str) -> objective.StepConfig:
       networks_to_train=networks, losses=loss_config(config.loss),
       lrs=tuple((n, getattr(config.optim.lrs, n)) for n in networks), adam_beta1=config.optim.b1,
       adam_beta2=config.optim.b2, adam_eps=config.optim.eps, inf_apply_masks=config.train.inf_apply_masks,
-      enh_apply_masks=config.train.enh_apply_masks, dtype=dtypes[config.train.dtype])
+      enh_apply_masks=config.train.enh_apply_masks, dtype=dtypes[config.train.dtype], remat=config.train.remat)
 
 
 def perceptual_params(config: config_lib.RunConfig, step_cfg: objective.StepConfig) -> Dict[str, Any]:
