@@ -65,13 +65,10 @@ def run_config_of(info: Dict[str, Any], weights_dir: str = '') -> config_lib.Run
   return config
 
 
-def _network_variables(generator_side: Dict[str, Any], net: str) -> Dict[str, Any]:
-  return {c: tree[net] for c, tree in generator_side.items() if net in tree}
-
-
 def _initial_state(cfg, variables, embedding, settings: Settings) -> Dict[str, Any]:
-  start = objective.finetune_init(cfg, {'generator': _network_variables(variables['generator'], 'generator'),
-                                        'discriminator': variables['discriminator']}, embedding)
+  generator = fsth_animator.network_variables(variables['generator'], 'generator')
+  start = objective.finetune_init(cfg, {'generator': generator, 'discriminator': variables['discriminator']},
+                                  embedding)
   return {'step': np.zeros((), np.int32), 'variables': start,
           'opt_state': objective.init_finetune_opt_state(cfg, start, settings.train_adaptive)}
 
@@ -226,9 +223,12 @@ def main(argv) -> Optional[int]:
   del argv
   xla_cpu.configure()
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; the bar and the summary say enough
-  cfg_model, _ = model_io.load_config(flags.FLAGS.params)
-  sources = read_sources(flags.FLAGS.frames, flags.FLAGS.num_frames, cfg_model.image_size, flags.FLAGS.landmarks)
   f = flags.FLAGS
+  for name in ('num_frames', 'steps', 'batch_size', 'checkpoint_every'):  # before any slow work
+    if getattr(f, name) < 1:
+      raise errors.InvalidArgumentError(f'--{name}={getattr(f, name)}: expected an integer >= 1')
+  cfg_model, _ = model_io.load_config(f.params)
+  sources = read_sources(f.frames, f.num_frames, cfg_model.image_size, f.landmarks)
   settings = Settings(steps=f.steps, batch_size=f.batch_size, seed=f.seed, train_adaptive=f.train_adaptive,
                       checkpoint_every=f.checkpoint_every, perceptual_weights_dir=f.perceptual_weights_dir)
   summary = finetune(f.params, sources, f.workdir, settings)

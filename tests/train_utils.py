@@ -9,6 +9,7 @@ if str(REPO) not in sys.path:
 
 from bilayer_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 from bilayer_jax.models.fsth.config import FSTHConfig  # pylint: disable=g-import-not-at-top
+from configs import common  # pylint: disable=g-import-not-at-top
 from configs import demo  # pylint: disable=g-import-not-at-top
 from configs import fsth_demo  # pylint: disable=g-import-not-at-top
 
@@ -25,12 +26,7 @@ def tiny_config(data_dir: str, stage: str = 'base', num_steps: int = 4, batch_si
   c.enhancer_num_steps = 2
   c.loss.per_vgg16_lpips_weight = 0.0  # the perceptual nets have their own tests; keep compiles short
   c.standing_stats.num_batches = 1
-  c.log.every_steps = 1
-  c.log.image_every_steps = 2
-  c.log.eval_every_steps = 2
-  c.log.eval_batches = 1
-  c.log.checkpoint_every_steps = 2
-  c.log.keep_checkpoints = 5
+  common.short_run_logging(c, every=1, eval_every=2, eval_batches=1, keep=5)
   return c
 
 
@@ -43,10 +39,5 @@ def tiny_fsth_config(data_dir: str, num_steps: int = 4):
   c.batch_size = 2
   c.num_steps = num_steps
   c.loss.lpips_vgg16_weight = 0.0  # the content networks have their own tests; keep compiles short
-  c.log.every_steps = 1
-  c.log.image_every_steps = 2
-  c.log.eval_every_steps = 2
-  c.log.eval_batches = 1
-  c.log.checkpoint_every_steps = 2
-  c.log.keep_checkpoints = 5
+  common.short_run_logging(c, every=1, eval_every=2, eval_batches=1, keep=5)
   return c

@@ -39,16 +39,10 @@ class CheckpointFileError(original.RunDirError):
 
 def _load(path: os.PathLike, networks_wanted) -> Dict[str, Dict[str, np.ndarray]]:
   """{network: state dict as numpy} from a reference checkpoint file (a folder: its model_weights.tar)."""
-  import torch  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path)
   if path.is_dir():
     path = path / META_FILE
-  if not path.is_file():
-    raise CheckpointFileError(f'FSTH reference checkpoint not found: {path}')
-  try:
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # torch raises several types for corrupt/truncated files
-    raise CheckpointFileError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from e
+  checkpoint = original.load_torch_file(path, CheckpointFileError)
   missing = [_KEYS[n] for n in networks_wanted if not isinstance(checkpoint, Mapping) or _KEYS[n] not in checkpoint]
   if missing:
     raise CheckpointFileError(f'{path}: no {", ".join(missing)} (an FSTH reference checkpoint has '

@@ -86,16 +86,26 @@ def atomic_write(path: pathlib.Path, write_fn) -> None:
 
 
 # --- .pth files -------------------------------------------------------------------------------------
-def load_state_dict(path: os.PathLike) -> 'collections.OrderedDict[str, np.ndarray]':
-  """Reads a PyTorch state_dict file on the CPU into numpy arrays (no CUDA needed)."""
+def load_torch_file(path: os.PathLike, error=None) -> Any:
+  """torch.load of a checkpoint file on the CPU with weights_only (no code runs, no CUDA needed).
+
+  Raises:
+    `error` (default RunDirError): the file is missing or not a readable PyTorch checkpoint.
+  """
   import torch  # pylint: disable=g-import-not-at-top
+  error = error or RunDirError
   path = pathlib.Path(path)
   if not path.is_file():
-    raise RunDirError(f'checkpoint file not found: {path}')
+    raise error(f'checkpoint file not found: {path}')
   try:
-    state = torch.load(path, map_location='cpu', weights_only=True)
+    return torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises several types for corrupt/truncated files
-    raise RunDirError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from e
+    raise error(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from e
+
+
+def load_state_dict(path: os.PathLike) -> 'collections.OrderedDict[str, np.ndarray]':
+  """Reads a PyTorch state_dict file on the CPU into numpy arrays (no CUDA needed)."""
+  state = load_torch_file(path)
   if not isinstance(state, Mapping):
     raise RunDirError(f'{path}: expected a state_dict (a mapping of tensors), found {type(state).__name__}')
   return collections.OrderedDict((k, v.detach().cpu().numpy()) for k, v in state.items())

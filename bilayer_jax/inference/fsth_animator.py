@@ -34,6 +34,11 @@ from bilayer_jax.models.fsth.config import FSTHConfig
 NETWORKS = ('embedder', 'generator')
 
 
+def network_variables(generator_side: Mapping[str, Any], net: str) -> Dict[str, Any]:
+  """One network's variables from a params directory's generator side ({collection: {network: tree}})."""
+  return {c: tree[net] for c, tree in generator_side.items() if net in tree}
+
+
 @dataclasses.dataclass
 class FSTHAvatar:
   """An embedded person: the mean embedding of its photos."""
@@ -87,19 +92,15 @@ class FSTHAnimator(animator.PoseDriven):
       raise model_io.ParamsDirError(f'{params_dir}: {e}') from e
 
   @staticmethod
-  def _network_vars(variables, net):
-    return {c: tree[net] for c, tree in variables.items() if net in tree}
-
-  @staticmethod
   def _embed(cfg, variables, frames, sketches):
-    e = networks.Embedder(cfg).apply(FSTHAnimator._network_vars(variables, 'embedder'), _unit(frames),
+    e = networks.Embedder(cfg).apply(network_variables(variables, 'embedder'), _unit(frames),
                                      _unit(sketches))
     return e.mean(axis=0)
 
   @staticmethod
   def _render(cfg, finetuned, variables, embedding, sketches):
     embeddings = jnp.broadcast_to(embedding, (sketches.shape[0],) + embedding.shape)
-    out = networks.Generator(cfg).apply(FSTHAnimator._network_vars(variables, 'generator'), _unit(sketches),
+    out = networks.Generator(cfg).apply(network_variables(variables, 'generator'), _unit(sketches),
                                         embeddings, finetuned=finetuned)
     return out * 2 - 1
 

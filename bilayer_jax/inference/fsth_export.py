@@ -26,7 +26,7 @@ QUANTIZATIONS = ('none', 'fp16', 'dynamic', 'int8')
 def frame_function(animator: fsth_animator.FSTHAnimator, avatar: fsth_animator.FSTHAvatar):
   """sketches (B, S, S, 3) in [-1, 1] -> images in [-1, 1], the person baked in (a pure JAX function)."""
   cfg = animator.cfg
-  variables = jax.device_get(animator._network_vars(animator.variables, 'generator'))  # pylint: disable=protected-access
+  variables = jax.device_get(fsth_animator.network_variables(animator.variables, 'generator'))
   params = dict(variables['params'])
   if not animator.finetuned:
     params['psi'] = np.asarray(params['projection'] @ np.asarray(avatar.embedding))

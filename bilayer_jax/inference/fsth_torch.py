@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bilayer_jax.inference import fsth_animator
 from bilayer_jax.models.fsth import blocks
 from bilayer_jax.models.fsth.config import FSTHConfig
 
@@ -55,7 +56,7 @@ def run_torchscript(path):
 
 def baked_arrays(animator, avatar) -> Dict[str, np.ndarray]:
   """{'<module path>/weight' | '/bias' | ...: array} of the person's generator (see the module docstring)."""
-  variables = animator._network_vars(animator.variables, 'generator')  # pylint: disable=protected-access
+  variables = fsth_animator.network_variables(animator.variables, 'generator')
   params, spectral = variables['params'], variables.get('spectral', {})
   psi = np.asarray(params['psi'] if animator.finetuned else params['projection'] @ np.asarray(avatar.embedding))
   arrays: Dict[str, np.ndarray] = {}
