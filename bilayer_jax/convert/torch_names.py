@@ -4,7 +4,8 @@ Flax submodule names mirror the PyTorch module path with indices attached by und
 (`gen_tex/blocks_0/block_feats_3` <-> `gen_tex.blocks.0.block_feats.3`), so keys translate mechanically:
   params/kernel   <-> weight_orig (spectral norm) or weight    conv HWIO <-> OIHW, dense (in,out) <-> (out,in)
   params/bias     <-> bias            params/scale <-> weight (affine BN)
-  params/pixel_feats, gen_tex_input   (1, S, S, C) <-> (1, C, S, S)
+  params/pixel_feats, gen_tex_input, constant (LPD)   (1, S, S, C) <-> (1, C, S, S)
+  params/identity_embedding (LPD, fine-tuned) <-> identity_embedding
   batch_stats/mean, var, num_batches_tracked <-> running_mean, running_var, num_batches_tracked (int64)
   spectral/u, v   <-> weight_u, weight_v (v in PyTorch's flattened (in, kh, kw) order)
 Buffers the original keeps but Flax recomputes (inference_generator.identity_grid,
@@ -37,9 +38,11 @@ _LEAF_TO_TORCH = {
     ('params', 'scale'): 'weight',
     ('params', 'pixel_feats'): 'pixel_feats',
     ('params', 'gen_tex_input'): 'gen_tex_input',
+    ('params', 'constant'): 'constant',  # LPD generator's learned input
+    ('params', 'identity_embedding'): 'identity_embedding',  # LPD generator, fine-tuned
 }
 _TORCH_TO_LEAF = {v: k for k, v in _LEAF_TO_TORCH.items()}
-_NHWC_PARAMS = ('pixel_feats', 'gen_tex_input')
+_NHWC_PARAMS = ('pixel_feats', 'gen_tex_input', 'constant')
 
 # Registration order of named children in the original modules (own entries always come first).
 _CHILD_ORDER = {

