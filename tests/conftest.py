@@ -103,3 +103,13 @@ def tiny_fsth_run(demo_data_dir, tmp_path_factory):
   from bilayer_jax.train import loop  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp('fsth_run')
   return workdir, loop.train_and_evaluate(train_utils.tiny_fsth_config(demo_data_dir), str(workdir))
+
+
+
+@pytest.fixture(scope='session')
+def tiny_lpd_run(demo_data_dir, tmp_path_factory):
+  """(workdir, summary) of a 4-step tiny LPD meta-learning run with checkpoints at steps 2 and 4."""
+  import train_utils  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.train import loop  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('lpd_run')
+  return workdir, loop.train_and_evaluate(train_utils.tiny_lpd_config(demo_data_dir), str(workdir))

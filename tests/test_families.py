@@ -33,11 +33,11 @@ def test_the_bilayer_stages_are_the_configs_defaults():
 
 
 def test_an_unknown_family_is_a_config_error_naming_the_known_ones():
-  with pytest.raises(config_lib.ConfigError, match="config.family='lpd': expected one of bilayer, fsth"):
-    families.get('lpd')
+  with pytest.raises(config_lib.ConfigError, match="config.family='flame': expected one of bilayer, fsth, lpd"):
+    families.get('flame')
   config = demo.get_config()
-  config.family = 'lpd'
-  with pytest.raises(config_lib.ConfigError, match="config.family='lpd': expected one of bilayer, fsth"):
+  config.family = 'flame'
+  with pytest.raises(config_lib.ConfigError, match="config.family='flame': expected one of bilayer, fsth, lpd"):
     config_checks.check(config, num_devices=1)
 
 

@@ -92,8 +92,7 @@ def _check_losses(run, tolerances):
 
 def _check_gradients(run, tolerances, relative=None):
   cfg, state, (_, _, _, _, metrics), expected = run
-  grads = {**metrics['grads']['generator'], **metrics['grads']['discriminator']}
-  actual = _torch_tree(cfg.model, grads, state)
+  actual = _torch_tree(cfg.model, metrics['grads'], state)
   for prefix in ('grad_g/', 'grad_d/'):
     keys = [k for k in expected if k.startswith(prefix)]
     ours = {prefix + k: v for k, v in actual.items()}

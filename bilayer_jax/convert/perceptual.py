@@ -53,7 +53,10 @@ def load_vgg_params(spec: vgg.VGGSpec, path: os.PathLike) -> Dict:
   state = torch.load(path, map_location='cpu', weights_only=True)
   if not isinstance(state, dict):
     raise PerceptualWeightsError(f'{path}: expected a state_dict, found {type(state).__name__}')
-  return vgg_params_from_state_dict(spec, {k: v.numpy() for k, v in state.items()}, str(path))
+  state = {k: v.numpy() for k, v in state.items()}
+  if not any(k.startswith('features.') for k in state):  # a `features` module's own state dict (LPD's VGG-Face)
+    state = {f'features.{k}': v for k, v in state.items()}
+  return vgg_params_from_state_dict(spec, state, str(path))
 
 
 def load_lpips_vgg16_params() -> Dict:

@@ -30,6 +30,7 @@ every frame of the example and decode JPEGs with the fast, inexact IDCT).
 
 import functools
 import os
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -182,7 +183,8 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
                    process_count: int | None = None,
                    dataset_name: str = DEMO_DATASET_NAME,
                    shuffle_buffer: int = 512, stickmen_thickness: int = 2,
-                   landmark_style: str = 'stickman', with_video_index: bool = False
+                   landmark_style: str = 'stickman', with_video_index: bool = False,
+                   example_transform: Optional[Callable[[dict, tf.Tensor], dict]] = None
                    ) -> tf.data.Dataset:
   """Host-local batches of source/target frames of the same video.
 
@@ -207,6 +209,9 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
     with_video_index: add 'video_index' (B,) int32, the example's index in
       the split (dense in [0, num_examples): one example is one video, so
       per-video parameters such as FSTH's embedding matrix are its rows).
+    example_transform: (decoded example, seed (2,) int32) -> example, applied
+      after decoding with a seed of the host's seed and the example's draw
+      (e.g. LPD's pose-frame augmentation, bilayer_jax.data.pose_augment).
 
   Returns:
     A tf.data.Dataset of dicts with ``{source,target}_{imgs,segs,poses,
@@ -238,6 +243,11 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
       num_source=num_source_frames, thickness=stickmen_thickness,
       landmark_style=landmark_style, with_video_index=with_video_index)
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  if example_transform is not None:
+    seed = tf.constant(host_seed % 2**31, tf.int32)
+    ds = ds.enumerate().map(
+        lambda i, ex: example_transform(ex, tf.stack([seed, tf.cast(i % 2**31, tf.int32)])),
+        num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True

@@ -15,8 +15,9 @@ from bilayer_jax import model_io
 from bilayer_jax.families import base
 from bilayer_jax.families import bilayer
 from bilayer_jax.families import fsth
+from bilayer_jax.families import lpd
 
-FAMILIES: Dict[str, base.ModelFamily] = {family.name: family for family in (bilayer.FAMILY, fsth.FAMILY)}
+FAMILIES: Dict[str, base.ModelFamily] = {family.name: family for family in (bilayer.FAMILY, fsth.FAMILY, lpd.FAMILY)}
 
 
 def get(name: str) -> base.ModelFamily:

@@ -61,6 +61,9 @@ class Training:
       a per-video table).
     with_video_index: the batches carry 'video_index' (the example's index in its split).
     landmark_style: how the input pipeline draws landmark images (`bilayer_jax.data.stickman.STYLES`).
+    example_transform: (run config, is the training split) -> a per-example transform (decoded example,
+      seed) -> example for the input pipeline, or None (e.g. LPD's pose frame, augmented for training). Every
+      split must give batches of the same structure (the step and the evaluation compile against one).
   """
   step_config: Callable[..., Any]
   dummy_batch: Callable[..., Any]
@@ -78,6 +81,7 @@ class Training:
   row_sharded: Tuple[str, ...] = ()
   with_video_index: bool = False
   landmark_style: str = 'stickman'
+  example_transform: Callable[..., Any] = lambda config, training_split: None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,6 +62,15 @@ class PoseDriven:
     bg = np.broadcast_to(bg / 255, rgb.shape[1:])
     return np.round((rgb * mask + bg * (1 - mask)) * 255).astype(np.uint8)
 
+  @staticmethod
+  def _source_pose(avatar) -> Optional[np.ndarray]:
+    """What `render` takes as the pose of the first photo (the fallback before a driver's first face)."""
+    return avatar.source.poses.reshape(-1) if avatar.source is not None else None
+
+  def _driver_inputs(self, frames: Iterable[np.ndarray], coverage: Optional[preprocess.FaceCoverage]):
+    """Yields (frame, what `render` takes as its pose or None, crop or None) per driving frame."""
+    return self.preprocessor.driver_poses(frames, coverage)
+
   def drive(self, avatar: Avatar, frames: Iterable[np.ndarray], timings: Optional[Dict[str, float]] = None,
             coverage: Optional[preprocess.FaceCoverage] = None
             ) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray], Dict[str, np.ndarray]]]:
@@ -75,7 +84,7 @@ class PoseDriven:
     timings = {} if timings is None else timings
     timings.setdefault('detect', 0.0)
     timings.setdefault('render', 0.0)
-    last_pose = avatar.source.poses.reshape(-1) if avatar.source is not None else None
+    last_pose = self._source_pose(avatar)
     pending = []
 
     def flush():
@@ -86,7 +95,7 @@ class PoseDriven:
         yield frame, crop, {k: v[i] for k, v in out.items()}
       pending.clear()
 
-    detections = self.preprocessor.driver_poses(frames, coverage)
+    detections = self._driver_inputs(frames, coverage)
     while True:
       start = time.perf_counter()
       item = next(detections, None)

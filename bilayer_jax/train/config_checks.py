@@ -135,8 +135,26 @@ def _check_fsth(c: _Checker) -> None:
     c.problems.append(f'config.model: {e}')
 
 
+def _check_lpd(c: _Checker) -> None:
+  """The LPD family's optim, loss and model sections."""
+  for prefix in ('', 'finetune_'):
+    c.choice(f'optim.{prefix}optimizer', ('adam', 'radam'))
+    c.positive(f'optim.{prefix}generator_lr')
+    c.positive(f'optim.{prefix}discriminator_lr')
+    c.expect(f'optim.{prefix}ema_decay', lambda v: 0 <= v < 1, 'a value in [0, 1)')
+  c.expect('train.remat', lambda v: v == 'none', "'none' (rematerialisation is implemented for bi-layer)")
+  for field in ('perceptual_weight', 'vggface_weight', 'lpips_vgg16_weight', 'feature_matching_weight',
+                'dis_embed_weight', 'dice_weight'):
+    c.non_negative(f'loss.{field}')
+  c.expect('loss.dice_real_channels', lambda v: v in (1, 3), '1 or 3')
+  try:
+    c.value('model').validate()
+  except (TypeError, ValueError) as e:
+    c.problems.append(f'config.model: {e}')
+
+
 # The checks of each family's own sections (optim, loss, model); a test checks every family has one.
-FAMILY_CHECKS = {'bilayer': _check_bilayer, 'fsth': _check_fsth}
+FAMILY_CHECKS = {'bilayer': _check_bilayer, 'fsth': _check_fsth, 'lpd': _check_lpd}
 
 
 def _check_train(c: _Checker) -> None:

@@ -103,7 +103,8 @@ def _dataset(config, split: str, seed: int, shuffle: bool = True):
       batch_size=config.batch_size // jax.process_count(),
       seed=seed, shuffle=shuffle, repeat=True, dataset_name=config.data.name,
       shuffle_buffer=config.data.shuffle_buffer, landmark_style=training.landmark_style,
-      with_video_index=training.with_video_index)
+      with_video_index=training.with_video_index,
+      example_transform=training.example_transform(config, split == config.data.train_split))
 
 
 def _batches(dataset, batch_sharding) -> Iterator[Dict[str, jax.Array]]:

@@ -45,6 +45,7 @@ class StepConfig:
   perceptual_weight: float = 3e-2
   vggface_weight: float = 0.6e-2
   vggface_crop: float = 1 / 1.8
+  lpips_vgg16_weight: float = 0.0  # offline stand-in for both (demo configs)
   feature_matching_weight: float = 10.0
   dis_embed_weight: float = 1e-2
   dice_weight: float = 1.0
@@ -57,6 +58,19 @@ class StepConfig:
   eps: float = 1e-5
   ema_decay: float = 0.999
   stage: str = 'meta'  # 'meta' | 'finetune'
+  # The trainer's view (bilayer_jax.families.base.Training): what it trains, rows of the projection table
+  # (the training split's examples, padded to a multiple of the devices).
+  networks_to_train: Tuple[str, ...] = ('embedder', 'generator', 'discriminator')
+  generator_train_modes: Tuple[str, ...] = ()  # no standing statistics (the official has none)
+  num_video_rows: int = 0
+  seed: int = 0  # the pose encoder's dropout draws from it and the step number
+
+  @property
+  def perceptual_terms(self) -> Tuple[Tuple[str, vgg.VGGSpec, float, bool], ...]:
+    """(loss name, network, weight, on the central crop) of each perceptual term in use."""
+    terms = (('VGG', self.vgg19, self.perceptual_weight, False), ('VGGFace', self.vggface, self.vggface_weight, True),
+             ('LPIPS_VGG16', vgg.FSTH_VGG16_LPIPS, self.lpips_vgg16_weight, False))
+    return tuple(term for term in terms if term[2])
 
   def finetuning(self) -> 'StepConfig':
     return dataclasses.replace(self, stage='finetune', optimizer='radam', generator_lr=5e-4, discriminator_lr=8e-4,
@@ -123,13 +137,12 @@ def loss_terms(cfg: StepConfig, out: Mapping[str, Any], perceptual: Mapping[str,
       'adversarial_G': losses.adversarial_generator(out['fake_score_g']),
       'feature_matching': losses.feature_matching(out['fake_features'], out['real_features'],
                                                   cfg.feature_matching_weight),
-      'VGG': losses.perceptual(cfg.vgg19, perceptual[cfg.vgg19.name], out['fake'], batch['target'],
-                               cfg.perceptual_weight),
-      'VGGFace': losses.perceptual(cfg.vggface, perceptual[cfg.vggface.name], crop(out['fake']),
-                                   crop(batch['target']), cfg.vggface_weight),
       'segmentation_dice': cfg.dice_weight * losses.dice(out['fake_mask'], batch['target_mask'],
                                                          cfg.dice_real_channels),
   }
+  for name, spec, weight, cropped in cfg.perceptual_terms:
+    fake, real = (crop(out['fake']), crop(batch['target'])) if cropped else (out['fake'], batch['target'])
+    terms[name] = losses.perceptual(spec, perceptual[spec.name], fake, real, weight)
   if cfg.dis_embed_weight and cfg.stage == 'meta':
     terms['embedding_matching'] = losses.dis_embed(out['identity_each'][:, 0], out['projection'],
                                                    cfg.dis_embed_weight)
@@ -174,14 +187,16 @@ def optimizers(cfg: StepConfig) -> Dict[str, optax.GradientTransformation]:
           'discriminator': make(cfg.discriminator_lr, cfg.b1, cfg.b2, cfg.eps)}
 
 
-def sides(cfg: StepConfig, params: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
-  return {'generator': {net: params[net] for net in GENERATOR_SIDE[cfg.stage]},
-          'discriminator': {net: params[net] for net in DISCRIMINATOR_SIDE}}
+def trained_networks(cfg: StepConfig) -> Dict[str, str]:
+  """{network: side} of the networks an iteration updates: each has its own optimiser state, with its
+  side's settings (Adam and RAdam are elementwise, so this is one optimiser per side)."""
+  return {**{net: 'generator' for net in GENERATOR_SIDE[cfg.stage]},
+          **{net: 'discriminator' for net in DISCRIMINATOR_SIDE}}
 
 
 def init_opt_state(cfg: StepConfig, params: Mapping[str, Any]) -> Dict[str, Any]:
   txs = optimizers(cfg)
-  return {side: txs[side].init(trained) for side, trained in sides(cfg, params).items()}
+  return {net: txs[side].init(params[net]) for net, side in trained_networks(cfg).items()}
 
 
 def ema_update(decay: float, ema: Mapping[str, Any], params: Mapping[str, Any],
@@ -198,21 +213,21 @@ def iteration(cfg: StepConfig, params: Mapping[str, Any], state: Mapping[str, An
               opt_state: Mapping[str, Any], perceptual: Mapping[str, Any], batch: Mapping[str, Array],
               dropout_keep: Optional[Array] = None, rng: Optional[Array] = None):
   """One training iteration; returns (params, state, ema, opt_state, metrics with the loss terms, the
-  outputs and the gradients of both sides)."""
-  trained = sides(cfg, params)
-  fixed = {net: value for net, value in params.items() if net not in trained['generator'] | trained['discriminator']}
+  outputs and the gradients by network)."""
+  sides = trained_networks(cfg)
+  trained = {net: params[net] for net in sides}
+  fixed = {net: value for net, value in params.items() if net not in sides}
 
   def total(trained_params):
-    merged = {**fixed, **trained_params['generator'], **trained_params['discriminator']}
-    out, new_state = forward(cfg, merged, state, batch, True, dropout_keep, rng)
+    out, new_state = forward(cfg, {**fixed, **trained_params}, state, batch, True, dropout_keep, rng)
     terms = loss_terms(cfg, out, perceptual, batch)
     return terms['loss_g'] + terms['loss_d'], (terms, out, new_state)
 
   (_, (terms, out, new_state)), grads = jax.value_and_grad(total, has_aux=True)(trained)
   txs, new_opt, new_params = optimizers(cfg), {}, dict(params)
-  for side in ('generator', 'discriminator'):
-    updates, new_opt[side] = txs[side].update(grads[side], opt_state[side], trained[side])
-    new_params.update(optax.apply_updates(trained[side], updates))
+  for net, side in sides.items():
+    updates, new_opt[net] = txs[side].update(grads[net], opt_state[net], trained[net])
+    new_params[net] = optax.apply_updates(trained[net], updates)
   new_ema = ema_update(cfg.ema_decay, ema, new_params, new_state)
   metrics = {**terms, 'outputs': out, 'grads': grads}
   return new_params, new_state, new_ema, new_opt, metrics
