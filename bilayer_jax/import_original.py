@@ -4,6 +4,8 @@ r"""Imports an original PyTorch run directory into a bilayer_jax params director
         [--enh_run_dir runs/vc2-hq_adrianb_paper_enhancer --enh_epoch 1225] --out params/official
     python -m bilayer_jax.import_original --family fsth --run_dir model_weights.tar \
         [--enh_run_dir finetuned_model.tar] --out params/fsth     # the FSTH reference's checkpoint files
+    python -m bilayer_jax.import_original --family lpd --run_dir experiments/NAME [--epoch 00125000] \
+        --out params/lpd                                           # an official LPD model_<iteration>.pth
 
 The configuration comes from the runs' args.txt, corrected by what the checkpoints' shapes say (harmonic
 keypoint encoding, image size, spectral norm). Every key and shape is checked; a mismatch names the
@@ -24,8 +26,9 @@ FLAGS = flags.FLAGS
 def _define_flags():
   """Defines the command-line flags (only when run as a program, so importing the module is side-effect free)."""
   flags.DEFINE_string('run_dir', None, 'Base run directory (args.txt + checkpoints/<epoch>_<net>.pth); fsth: the '
-                      'reference\'s model_weights.tar (or its folder).')
-  flags.DEFINE_string('epoch', None, 'Base checkpoint epoch (bilayer).')
+                      'reference\'s model_weights.tar (or its folder); lpd: an official model_<iteration>.pth or '
+                      'its experiment folder (the newest checkpoint).')
+  flags.DEFINE_string('epoch', None, 'Base checkpoint epoch (bilayer; lpd: the iteration, default the newest).')
   flags.DEFINE_string('enh_run_dir', None, 'Enhancer run directory (optional); fsth: a finetuned_model.tar.')
   flags.DEFINE_string('enh_epoch', None, 'Enhancer checkpoint epoch.')
   flags.DEFINE_string('out', None, 'Output params directory (must not exist).')

@@ -3,6 +3,10 @@ as one spectrally normalised matrix, configs build and check, a tiny run trains,
 writes params the animator renders from, and resumes to the same losses; the input pipeline's pose frame."""
 
 import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +29,7 @@ from configs import lpd as lpd_configs
 import train_utils
 
 TINY = train_utils.TINY_LPD
+TESTS = pathlib.Path(__file__).parent
 
 
 def _random_batch(rng, cfg, index):
@@ -174,3 +179,22 @@ def test_animator_from_the_run_params(lpd_run):
   assert np.abs(other['image'][0] - out['image'][0]).max() > 1e-7
   frames = animator.composite(out)
   assert frames.dtype == np.uint8 and frames.shape == (11, s, s, 3)
+
+
+@pytest.mark.slow  # ~3 min: compiles the step for 1 and for 8 devices
+def test_row_sharded_table_over_8_devices_equals_one_device(tmp_path):
+  """The projection table split by rows over a mesh of 8 (its sigma, gradient and Adam over all shards),
+  with BatchNorm statistics over the global batch, gives the single-device steps (float64, see the driver)."""
+  out = tmp_path / 'results.npz'
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+  env = {**os.environ, 'XLA_FLAGS': flags, 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run([sys.executable, str(TESTS / 'lpd_sharded_driver.py'), str(out)], cwd=TESTS, env=env,
+                        capture_output=True, text=True, timeout=1200)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  results = np.load(out)
+  assert str(results['sharded/table_spec']) == "P('data', None)"
+  keys = [k[len('single/'):] for k in results.files if k.startswith('single/') and not k.endswith('table_spec')]
+  assert any('/table/embedding' in k for k in keys) and any(k.startswith('stats') for k in keys)
+  for key in keys:
+    np.testing.assert_allclose(results[f'sharded/{key}'], results[f'single/{key}'], rtol=1e-9, atol=1e-12,
+                               err_msg=key)

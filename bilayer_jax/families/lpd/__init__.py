@@ -4,10 +4,11 @@ Its parts: the networks (`bilayer_jax.models.lpd`), one meta-learning and one fi
 official runner computes them (`objective.py`, `losses.py`, parity-tested), meta-learning on the shared
 trainer with a row-sharded projection table and the EMA of the embedder and generator (`training.py`,
 `setup.py`), the held-out evaluation (`evaluation.py`), the animator (`bilayer_jax.inference.lpd_animator`:
-photos -> identity vector -> frames posed by driver face crops) and the official state-dict layout
-(`bilayer_jax.convert.lpd_reference`).
+photos -> identity vector -> frames posed by driver face crops), the official state-dict layout
+(`bilayer_jax.convert.lpd_reference`) and checkpoint files (`bilayer_jax.convert.lpd_checkpoint`).
 """
 
+from bilayer_jax.convert import lpd_checkpoint
 from bilayer_jax.families import base
 from bilayer_jax.families.lpd import evaluation
 from bilayer_jax.families.lpd import setup
@@ -33,4 +34,6 @@ TRAINING = base.Training(
 FAMILY = base.ModelFamily(
     name='lpd', description='Neural Head Reenactment with Latent Pose Descriptors (CVPR 2020)',
     model_config=LPDConfig, networks=training.NETWORKS, stages=STAGES, training=TRAINING,
-    animator=lpd_animator.LPDAnimator, animator_from_params=lpd_animator.LPDAnimator.from_params, converters={})
+    animator=lpd_animator.LPDAnimator, animator_from_params=lpd_animator.LPDAnimator.from_params,
+    converters={'original': base.Converter(import_run=lpd_checkpoint.import_run,
+                                           export_run=lpd_checkpoint.export_run)})
