@@ -7,8 +7,10 @@
 
 The pose is read from the driver's face crop itself by the pose encoder (no landmarks enter the model);
 the identity vector is the mean of the identity encoder over the photos (eval mode, the EMA weights a
-params directory holds). The generator renders the person on black with a soft mask, which `composite`
-puts on any background. Photos and driver frames are cropped as the dataset is
+params directory holds). Params written by `python -m bilayer_jax.finetune` (metadata `finetuned`) render
+with the generator's own fine-tuned identity vector instead (the photos then only give the pose before a
+driver's first face). The generator renders the person on black with a soft mask, which `composite` puts on
+any background. Photos and driver frames are cropped as the dataset is
 (`preprocess.FacePreprocessor`), so a model trained on our TFRecords sees the framing it learned.
 """
 
@@ -36,7 +38,7 @@ def network_variables(generator_side: Mapping[str, Any], net: str) -> Dict[str, 
 
 @dataclasses.dataclass
 class LPDAvatar:
-  """A person: the mean identity vector of its photos."""
+  """A person: the mean identity vector of its photos (fine-tuned params: the generator's own)."""
   identity: jax.Array  # (1, identity_dim)
   sources: List[preprocess.SourceInputs]
   enhanced: bool = False  # LPD has no texture enhancer
@@ -53,25 +55,33 @@ class LPDAnimator(animator.PoseDriven):
     cfg: the architecture. variables: the generator side of a params directory
       (`{'params': {'embedder', 'generator'}, 'batch_stats': ..., 'spectral': ...}`).
     preprocessor: detection/crop (FacePreprocessor at the model's size by default). chunk: frames per jit call.
+    finetuned: render with the generator's fine-tuned `identity_embedding` (params written by
+      bilayer_jax.finetune).
   """
 
   def __init__(self, cfg: LPDConfig, variables: Mapping[str, Any],
-               preprocessor: Optional[preprocess.FacePreprocessor] = None, chunk: int = 8):
-    missing = [n for n in NETWORKS if n not in variables.get('params', {})]
+               preprocessor: Optional[preprocess.FacePreprocessor] = None, chunk: int = 8, finetuned: bool = False):
+    params = variables.get('params', {})
+    missing = [n for n in NETWORKS if n not in params]
     if missing:
       raise model_io.ParamsDirError(f'LPD inference needs the networks {list(NETWORKS)}; missing {missing}')
+    if finetuned and 'identity_embedding' not in params['generator']:
+      raise model_io.ParamsDirError('fine-tuned LPD inference needs the generator\'s identity_embedding (params '
+                                    'written by bilayer_jax.finetune)')
     self.cfg = cfg
     self.has_enhancer = False
     self.variables = jax.device_put({c: {n: t[n] for n in NETWORKS if n in t} for c, t in variables.items()})
     self.preprocessor = preprocessor or preprocess.FacePreprocessor(cfg.image_size)
     self.chunk = chunk
+    self.finetuned = finetuned
     self._identity_fn = jax.jit(functools.partial(self._identity, cfg))
-    self._render_fn = jax.jit(functools.partial(self._render, cfg))
+    self._render_fn = jax.jit(functools.partial(self._render, cfg, finetuned))
 
   @classmethod
   def from_params(cls, params_dir: str, **kwargs) -> 'LPDAnimator':
     """From a params directory written by an lpd run."""
-    cfg, variables, _ = model_io.load_params(params_dir)
+    cfg, variables, info = model_io.load_params(params_dir)
+    kwargs.setdefault('finetuned', bool(info.get('metadata', {}).get('finetuned', False)))
     try:
       return cls(cfg, variables['generator'], **kwargs)
     except model_io.ParamsDirError as e:
@@ -85,16 +95,19 @@ class LPDAnimator(animator.PoseDriven):
     return mean
 
   @staticmethod
-  def _render(cfg, variables, identity, crops):
+  def _render(cfg, finetuned, variables, identity, crops):
     embedder = networks.Embedder(cfg)
     pose = embedder.apply(network_variables(variables, 'embedder'), (crops + 1) / 2, method=embedder.pose)
-    identity = jnp.broadcast_to(identity, (crops.shape[0], identity.shape[-1]))
-    fake, mask = networks.Generator(cfg).apply(network_variables(variables, 'generator'), identity, pose)
+    # Fine-tuned: the generator broadcasts its own identity vector.
+    identity = None if finetuned else jnp.broadcast_to(identity, (crops.shape[0], identity.shape[-1]))
+    fake, mask = networks.Generator(cfg, finetuned).apply(network_variables(variables, 'generator'), identity,
+                                                          pose)
     return fake * 2 - 1, mask
 
   def init_avatar(self, photos: Union[np.ndarray, preprocess.SourceInputs, Sequence[Any]],
                   face_index: Optional[int] = None, enhance: Optional[bool] = None) -> LPDAvatar:
-    """The mean identity vector of one photo or several of the same person (uint8 RGB or SourceInputs).
+    """The mean identity vector of one photo or several of the same person (uint8 RGB or SourceInputs);
+    fine-tuned params: the generator's own (the photos only give the fallback pose).
 
     Raises:
       preprocess.NoFaceError: a photo without a face (the message names which).
@@ -107,6 +120,8 @@ class LPDAnimator(animator.PoseDriven):
     sources = [p if isinstance(p, preprocess.SourceInputs) else
                self.preprocessor.source(p, name=f'photo {i + 1} of {len(photos)}', face_index=face_index)
                for i, p in enumerate(photos)]
+    if self.finetuned:
+      return LPDAvatar(identity=self.variables['params']['generator']['identity_embedding'], sources=sources)
     frames = np.concatenate([s.imgs[0] for s in sources])
     return LPDAvatar(identity=self._identity_fn(self.variables, frames), sources=sources)
 
