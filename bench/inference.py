@@ -3,6 +3,7 @@ runtime the avatar can be shipped in, avatar-init latency, model sizes and quant
 
     python bench/inference.py [--runs 30] [--threads N] [--out_dir DIR] [--original_repo PATH]
                               [--params DIR] [--source photo.jpg] [--fsth_reference PATH] [--fsth_only]
+                              [--lpd_reference PATH]
 
 Rows (median of --runs after warm-up; runtimes run alternately so they see the same machine load):
   JAX jit, unfolded    BilayerGenerator.render (keypoint MLP + AdaBN trunk + warp), the training graph
@@ -15,6 +16,11 @@ Rows (median of --runs after warm-up; runtimes run alternately so they see the s
                        and the generator alone; random weights (its cost does not depend on them)
   FSTH reference       with --fsth_reference PATH (a checkout of vincent-thevenin/Realistic-Neural-Talking-
                        Head-Models): its own Generator(256), eval mode, torch.no_grad, on the same sketch
+  LPD per frame        the landmark-free latent-pose model at its official size: the pose encoder (MobileNetV2)
+                       on the driver's 256² face crop + the generator (LPDAnimator.render), random weights
+  LPD reference        with --lpd_reference PATH (a checkout of shrubb/latent-pose-reenactment): its own
+                       embedder's pose encoder + generator, eval mode, torch.no_grad, on the same crop
+                       (loaded by tests/fixtures/lpd_small/reference.py with torchvision's definitions)
 With --original_repo, the original's own per-frame path (keypoint MLP, gen_inf, grid_sample, add) runs
 on the same weights as the baseline (as in bench/forward.py). Weights are random with calibrated BN
 statistics (official weights cannot be downloaded here), or with --params those of a bilayer_jax params
@@ -44,8 +50,11 @@ from bilayer_jax import model_io
 from bilayer_jax import xla_cpu
 from bilayer_jax.families.fsth import objective as fsth_objective
 from bilayer_jax.families.fsth import training as fsth_training
+from bilayer_jax.families.lpd import objective as lpd_objective
+from bilayer_jax.families.lpd import training as lpd_training
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import fsth_animator
+from bilayer_jax.inference import lpd_animator
 from bilayer_jax.inference import folding
 from bilayer_jax.inference import preprocess
 from bilayer_jax.inference import tflite_export
@@ -54,12 +63,15 @@ from bilayer_jax.models import config as model_config
 from bilayer_jax.models.bilayer import BilayerGenerator
 from bilayer_jax.models.config import BilayerConfig
 from bilayer_jax.models.fsth.config import FSTHConfig
+from bilayer_jax.models.lpd.config import LPDConfig
 import forward as forward_bench  # bench/forward.py (this script's folder is on sys.path)
 
 ORIGINAL_PER_FRAME_S = 0.050  # docs/benchmarks.md#the-originals-reference-figures
 
 
 
+# The torchvision wheel whose model definitions the LPD reference loader uses (tests/fixtures/lpd_small).
+TORCHVISION_WHEEL = '/opt/pypi-more/files/torchvision-0.28.0-cp311-cp311-manylinux_2_28_x86_64.whl'
 
 def _medians(fns, runs):
   for fn in fns.values():
@@ -99,7 +111,45 @@ def _parse_args():
                       help='only the FSTH rows and the bi-layer JAX rows they are compared with (no exports)')
   parser.add_argument('--fsth_reference', default=None,
                       help='checkout of vincent-thevenin/Realistic-Neural-Talking-Head-Models: its generator per frame')
+  parser.add_argument('--lpd_reference', default=None,
+                      help='checkout of shrubb/latent-pose-reenactment: its pose encoder + generator per frame')
   return parser.parse_args()
+
+
+def _lpd_rows(crop: np.ndarray, reference_repo=None) -> dict:
+  """Per-frame functions of the LPD model at its official size (see the module docstring)."""
+  cfg = LPDConfig()
+  variables = lpd_training.init_variables(lpd_objective.StepConfig(model=cfg, num_video_rows=1), 0, None)
+  anim = lpd_animator.LPDAnimator(cfg, variables['generator'], chunk=1)
+  identity = jax.device_put(np.random.default_rng(0).normal(0, 1, (1, cfg.identity_dim)).astype(np.float32))
+  avatar = lpd_animator.LPDAvatar(identity=identity, sources=[])
+  rows = {'LPD per frame (pose encoder + generator)': lambda: anim.render(avatar, crop)}
+  if reference_repo:
+    rows['LPD reference (PyTorch)'] = _lpd_reference_row(reference_repo, crop, np.asarray(identity))
+  return rows
+
+
+def _lpd_reference_row(checkout, crop, identity):
+  """The official pose encoder + generator per frame at the official size (unpatched torchvision)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests', 'fixtures',
+                                  'lpd_small'))
+  import reference as lpd_reference  # pylint: disable=g-import-not-at-top  (the LPD fixture generator's loader)
+  workdir = tempfile.mkdtemp(prefix='lpd_reference_')
+  ref = lpd_reference.load_reference(pathlib.Path(checkout), pathlib.Path(TORCHVISION_WHEEL), pathlib.Path(workdir))
+  lpd_reference.use_torchvision(ref.torchvision['full'])
+  args = lpd_reference.full_args()
+  embedder, generator = ref.embedder.Wrapper.get_net(args).eval(), ref.generator.Wrapper.get_net(args).eval()
+  pose = torch.from_numpy(np.ascontiguousarray(np.moveaxis((crop + 1) / 2, -1, 1)).astype(np.float32))[:, None]
+  embeds = torch.from_numpy(identity)
+
+  def run():
+    with torch.no_grad():
+      data = {'pose_input_rgbs': pose, 'embeds': embeds}
+      embedder.get_pose_embedding(data)
+      generator(data)
+  return run
 
 
 def _fsth_rows(pose, reference_repo=None) -> dict:
@@ -276,6 +326,8 @@ def main():
                 **_torch_row(net, poses, out_dir, reference, table)})
     _tflite_init_rows(anim, source, out_dir, args.threads, table)
   fns.update(_fsth_rows(poses[:1], args.fsth_reference))
+  crop = source.imgs[0] if cfg.image_size == 256 else np.zeros((1, 256, 256, 3), np.float32)
+  fns.update(_lpd_rows(crop, args.lpd_reference))
   if args.original_repo:
     fns['original PyTorch (this run)'] = forward_bench.bench_original(
         args.original_repo, cfg, {'generator': variables}, batch)['per-frame render']
@@ -285,6 +337,8 @@ def main():
   _print_tables(medians, baseline, label, table, uv_step_px, out_dir)
   print(f'FSTH per frame / bi-layer folded per frame (both JAX, this run): '
         f'{medians["FSTH per frame (sketch + generator)"] / medians["JAX jit, folded"]:.1f}x')
+  print(f'LPD per frame / bi-layer folded per frame (both JAX, this run): '
+        f'{medians["LPD per frame (pose encoder + generator)"] / medians["JAX jit, folded"]:.1f}x')
 
 
 if __name__ == '__main__':

@@ -196,5 +196,5 @@ def test_row_sharded_table_over_8_devices_equals_one_device(tmp_path):
   keys = [k[len('single/'):] for k in results.files if k.startswith('single/') and not k.endswith('table_spec')]
   assert any('/table/embedding' in k for k in keys) and any(k.startswith('stats') for k in keys)
   for key in keys:
-    np.testing.assert_allclose(results[f'sharded/{key}'], results[f'single/{key}'], rtol=1e-9, atol=1e-12,
+    np.testing.assert_allclose(results[f'sharded/{key}'], results[f'single/{key}'], rtol=1e-6, atol=1e-9,
                                err_msg=key)
