@@ -14,6 +14,9 @@ first frame decoded) before the model is loaded, and rejected when no frame, or 
 fsth params: the person's generator (landmark sketch -> image) with its AdaIN parameters baked in, as
   tflite (`bilayer_jax.inference.fsth_export`) or torch (`fsth_torch.FSTHFrameNet`); the check runs it on
   the driver's sketches.
+lpd params: the person's folded per-frame network (driver face crop -> image + mask; pose-encoder BatchNorms,
+  spectral norms and the identity folded in) as tflite (`bilayer_jax.inference.lpd_export`) or torch
+  (`lpd_torch.LPDFrameNet`); the check runs it on the driver's face crops.
 tflite: the folded per-frame network of the photo's avatar (136 keypoints -> image + mask), with a .json
   contract next to it; --with_init also writes <out>_init.tflite (crop, mask, stickman, pose -> avatar
   arrays; with the texture enhancer unless --noenhance) and <out>_generic.tflite (poses + avatar arrays ->
@@ -82,7 +85,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def driver_poses(anim, driver=None, max_frames: int = 120,
                  max_faceless_fraction: float = preprocess.DEFAULT_MAX_FACELESS_FRACTION) -> np.ndarray:
-  """(K, 136) keypoints of a driving video's frames with a face (default: the in-package clip).
+  """What the animator renders from, per driving-video frame with a face (default: the in-package clip):
+  (K, 136) keypoints, or for the lpd family (K, S, S, 3) face crops in [-1, 1].
 
   Raises:
     preprocess.DriverFaceError: no frame, or more than `max_faceless_fraction` of them, has a face.
@@ -93,7 +97,8 @@ def driver_poses(anim, driver=None, max_frames: int = 120,
   coverage = preprocess.FaceCoverage(driver or 'the demo clip', max_faceless_fraction,
                                      preprocess.open_driver(path, max_frames)[1], anim.preprocessor.landmarks.name)
   frames = video.read_video(path, max_frames)
-  return np.stack([p for _, p, _ in anim.preprocessor.driver_poses(frames, coverage) if p is not None])
+  inputs = anim._driver_inputs(frames, coverage)  # pylint: disable=protected-access
+  return np.stack([p for _, p, _ in inputs if p is not None])
 
 
 def load_avatar(params: str, source: str, enhance=None, landmarks: str = 'auto', detector: str = 'hog',
@@ -109,8 +114,8 @@ def load_avatar(params: str, source: str, enhance=None, landmarks: str = 'auto',
 
 
 def check_poses(poses: np.ndarray, batch: int = 1, count: int = 16) -> np.ndarray:
-  """Up to `count` poses, a whole number of batches (repeated if there are fewer)."""
-  return np.resize(poses, (max(batch, min(count, len(poses)) // batch * batch), poses.shape[1]))
+  """Up to `count` poses (or crops), a whole number of batches (repeated if there are fewer)."""
+  return np.resize(poses, (max(batch, min(count, len(poses)) // batch * batch),) + poses.shape[1:])
 
 
 def write_torchscript(net, path: os.PathLike) -> pathlib.Path:
@@ -186,6 +191,28 @@ def export_fsth(params: str, fmt: str, out: str, source: str, quantize: str, wit
           'checks': {'frame': compare(run_tflite(path, batch)(sketches), reference)}}
 
 
+def export_lpd(params: str, fmt: str, out: str, source: str, quantize: str, with_init: bool, driver, landmarks: str,
+               batch: int, *, detector: str, face_index, face_box, max_faceless_fraction: float) -> dict:
+  """The LPD person's folded per-frame network as TFLite (`lpd_export`) or TorchScript (`lpd_torch`), checked
+  against the animator's (unfolded) render on the driver's face crops."""
+  if with_init:
+    raise UsageError('--with_init: the lpd family\'s identity encoder runs once per person; it exports the '
+                     'per-frame network only')
+  from bilayer_jax.inference import lpd_export  # pylint: disable=g-import-not-at-top
+  anim, _, avatar = load_avatar(params, source, None, landmarks, detector, face_index, face_box)
+  crops = driver_poses(anim, driver, max_faceless_fraction=max_faceless_fraction)
+  check = check_poses(crops, batch)
+  reference = lpd_export.jax_reference(anim, avatar, check)['image']
+  if fmt == 'torch':
+    from bilayer_jax.inference import lpd_torch  # pylint: disable=g-import-not-at-top
+    path = lpd_torch.write_torchscript(anim, avatar, out)
+    images = lpd_torch.run_torchscript(path)(check)['image']
+    return {'files': [str(path)], 'checks': {'frame': compare(images, reference)}}
+  path = lpd_export.export_tflite(anim, avatar, out, quantize, batch, representative_crops=crops)
+  return {'files': [str(path), str(path.with_suffix('.json'))],
+          'checks': {'frame': compare(run_tflite(path, batch)(check), reference)}}
+
+
 def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none', with_init: bool = False,
            enhance=None, driver=None, landmarks: str = 'auto', epoch: str = '1', batch: int = 1, *,
            enh_out=None, enh_epoch: str = '1', detector: str = 'hog', face_index=None, face_box=None,
@@ -210,6 +237,9 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
   if family == 'fsth':
     return export_fsth(params, fmt, out, source, quantize, with_init, driver, landmarks, batch, detector=detector,
                        face_index=face_index, face_box=face_box, max_faceless_fraction=max_faceless_fraction)
+  if family == 'lpd':
+    return export_lpd(params, fmt, out, source, quantize, with_init, driver, landmarks, batch, detector=detector,
+                      face_index=face_index, face_box=face_box, max_faceless_fraction=max_faceless_fraction)
 
   from bilayer_jax.inference import folding  # pylint: disable=g-import-not-at-top
   anim, inputs, avatar = load_avatar(params, source, enhance, landmarks, detector, face_index, face_box)
