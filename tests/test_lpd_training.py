@@ -198,5 +198,8 @@ def test_row_sharded_table_over_8_devices_equals_one_device(tmp_path):
   keys = [k[len('single/'):] for k in results.files if k.startswith('single/') and not k.endswith('table_spec')]
   assert any('/table/embedding' in k for k in keys) and any(k.startswith('stats') for k in keys)
   for key in keys:
-    np.testing.assert_allclose(results[f'sharded/{key}'], results[f'single/{key}'], rtol=1e-5, atol=1e-8,
+    # Parameters and the statistics they give: 1/50 of one Adam step (lr 5e-5); measured: single elements of the
+    # identity encoder differ by up to 1.9e-7 after two steps, the rest far less (see the docstring).
+    atol = 1e-6 if key.startswith(('params', 'stats')) else 1e-8
+    np.testing.assert_allclose(results[f'sharded/{key}'], results[f'single/{key}'], rtol=1e-5, atol=atol,
                                err_msg=key)
