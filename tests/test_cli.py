@@ -36,8 +36,8 @@ def test_a_bug_keeps_its_traceback_and_the_switch_shows_user_errors_in_full(monk
 
 @pytest.mark.parametrize('module,args,expected', [
     ('bilayer_jax.import_original', ['--run_dir=/nonexistent', '--epoch=1', '--out=OUT'], '/nonexistent'),
-    ('bilayer_jax.import_original', ['--run_dir=/x', '--epoch=1', '--out=OUT', '--family=lpd'],
-     "--family='lpd': expected one of bilayer, fsth"),
+    ('bilayer_jax.import_original', ['--run_dir=/x', '--epoch=1', '--out=OUT', '--family=flame'],
+     "--family='flame': expected one of bilayer, fsth, lpd"),
     ('bilayer_jax.export', ['--params=/nonexistent', '--format=original', '--out=OUT'], '/nonexistent'),
     ('bilayer_jax.parity', ['--bogus=1'], "Unknown command line flag 'bogus'"),
     ('bilayer_jax.evaluate', ['--config=/nonexistent/config.py', '--workdir=OUT'], '/nonexistent/config.py'),

@@ -88,7 +88,9 @@ def test_drivers_without_enough_faces_write_nothing(params_dir, photo_file, driv
 
 
 def test_export_rejects_the_same_drivers(drivers):
-  anim = types.SimpleNamespace(preprocessor=preprocess.FacePreprocessor(64, landmarks='dlib'))
+  preprocessor = preprocess.FacePreprocessor(64, landmarks='dlib')
+  # What export reads of a (bi-layer) animator: its preprocessor and what it renders from per driver frame.
+  anim = types.SimpleNamespace(preprocessor=preprocessor, _driver_inputs=preprocessor.driver_poses)
   with pytest.raises(preprocess.DriverFaceError, match='faceless.mp4'):
     export_cli.driver_poses(anim, drivers['faceless'])
   with pytest.raises(preprocess.DriverFaceError, match='more than --max_faceless_fraction 0.5'):
