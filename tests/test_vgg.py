@@ -1,5 +1,7 @@
 """Perceptual VGG extractors against a PyTorch VGG built in the test from the same random weights."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +73,22 @@ def test_weighted_feature_l1_sends_no_gradient_to_the_real_branch():
   value, grad_real = jax.value_and_grad(lambda r: vgg.weighted_feature_l1(fake, r, [0.5, 2.0]))(real)
   assert float(value) == pytest.approx(2.5)
   assert all(float(jnp.abs(g).sum()) == 0 for g in grad_real)
+
+
+def test_lpd_vgg_face_file_is_a_features_state_dict(tmp_path):
+  """The LPD official code's vgg_face_weights.pth is VGG16's `features` module state dict ('0.weight', ...,
+  no 'features.' prefix): it loads as the same params as the torchvision layout."""
+  spec = dataclasses.replace(vgg.LPD_VGGFACE, width_divisor=8)
+  rng = np.random.default_rng(0)
+  state, in_channels = {}, 3
+  for index, (kind, width) in enumerate(vgg.layer_kinds('vgg16', max(spec.layers))):
+    if kind == 'conv':
+      state[f'{index}.weight'] = torch.from_numpy(rng.normal(size=(width // 8, in_channels, 3, 3)).astype(np.float32))
+      state[f'{index}.bias'] = torch.from_numpy(rng.normal(size=(width // 8,)).astype(np.float32))
+      in_channels = width // 8
+  torch.save(state, tmp_path / spec.file_name)
+  params = perceptual.load_vgg_params(spec, tmp_path / spec.file_name)
+  expected = perceptual.vgg_params_from_state_dict(spec, {f'features.{k}': v.numpy() for k, v in state.items()})
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, expected)
+  np.testing.assert_array_equal(params['params']['features_28']['kernel'],
+                                state['28.weight'].numpy().transpose(2, 3, 1, 0))
