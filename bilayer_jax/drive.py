@@ -83,7 +83,8 @@ def _avatar(params: str, photo: np.ndarray, source: str, timings: dict, *, enhan
   avatar = anim.init_avatar(inputs, enhance=enhance)
   timings['avatar init (incl. compile)'] = time.perf_counter() - start
   start = time.perf_counter()
-  anim.render(avatar, inputs.poses.reshape(1, -1))  # compiles the per-frame function once
+  # Compiles the per-frame function once, on what this family renders from (keypoints, or LPD's face crop).
+  anim.render(avatar, anim._source_pose(avatar)[None])  # pylint: disable=protected-access
   timings['render compile'] = time.perf_counter() - start
   return anim, inputs, avatar
 
