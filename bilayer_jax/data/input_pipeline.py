@@ -223,17 +223,8 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
   builder = load_builder(data_dir, dataset_name)
   host_seed = int(np.random.SeedSequence(
       [seed % 2**64, index]).generate_state(1)[0] >> 1)
-  ds = _host_records(builder, split, index, count, seed, shuffle, repeat)
-  parser = tfds.core.example_parser.ExampleParser(
-      builder.info.features.get_serialized_info())
-  # Parse only: frames and masks stay encoded until frames are selected.
-  ds = ds.map(lambda example_index, record: {**parser.parse_example(record), 'example_index': example_index},
-              num_parallel_calls=tf.data.AUTOTUNE)
-  k = num_source_frames + num_target_frames
-  ds = ds.enumerate().map(
-      lambda i, ex: _select(ex, i, num_samples=k,
-                            seed=tf.constant(host_seed % 2**31, tf.int32)),
-      num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _selected_examples(builder, split, index, count, seed, shuffle, repeat,
+                          num_source_frames + num_target_frames, host_seed)
   if shuffle:
     ds = ds.shuffle(shuffle_buffer, seed=host_seed,
                     reshuffle_each_iteration=True)
@@ -244,14 +235,34 @@ def create_dataset(data_dir: str, split: str, *, image_size: int,
       landmark_style=landmark_style, with_video_index=with_video_index)
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   if example_transform is not None:
-    seed = tf.constant(host_seed % 2**31, tf.int32)
-    ds = ds.enumerate().map(
-        lambda i, ex: example_transform(ex, tf.stack([seed, tf.cast(i % 2**31, tf.int32)])),
-        num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _transformed(ds, example_transform, host_seed)
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _selected_examples(builder, split: str, index: int, count: int, seed: int, shuffle: bool, repeat: bool,
+                       num_frames: int, host_seed: int) -> tf.data.Dataset:
+  """This host's parsed records with `num_frames` frames selected (still encoded)."""
+  ds = _host_records(builder, split, index, count, seed, shuffle, repeat)
+  parser = tfds.core.example_parser.ExampleParser(
+      builder.info.features.get_serialized_info())
+  # Parse only: frames and masks stay encoded until frames are selected.
+  ds = ds.map(lambda example_index, record: {**parser.parse_example(record), 'example_index': example_index},
+              num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.enumerate().map(
+      lambda i, ex: _select(ex, i, num_samples=num_frames,
+                            seed=tf.constant(host_seed % 2**31, tf.int32)),
+      num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _transformed(ds: tf.data.Dataset, transform, host_seed: int) -> tf.data.Dataset:
+  """`transform(example, seed)` with a seed of the host's seed and the example's draw."""
+  seed = tf.constant(host_seed % 2**31, tf.int32)
+  return ds.enumerate().map(
+      lambda i, ex: transform(ex, tf.stack([seed, tf.cast(i % 2**31, tf.int32)])),
+      num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _decode_example(selected, *, with_video_index: bool, **decode_args):

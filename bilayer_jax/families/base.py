@@ -34,6 +34,18 @@ class StageSpec:
   objective: str
 
 
+def no_stats_fn(cfg, networks_with_stats):
+  """`make_stats_fn` of a family without standing statistics (FSTH: no batch norms; LPD: the official code
+  keeps BatchNorm running averages instead)."""
+  del cfg, networks_with_stats
+
+
+def keep_statistics(stats_fn, state, batches, networks_with_stats):
+  """`standing_statistics` of such a family: the state as it is."""
+  del stats_fn, batches, networks_with_stats
+  return state
+
+
 @dataclasses.dataclass(frozen=True)
 class Training:
   """The model-specific functions the shared trainer calls (`cfg` is the value `step_config` returns).

@@ -7,7 +7,7 @@ background too, so no mask) with the evaluation suite's image metrics (`config.e
 on [-1, 1] images as for every family.
 """
 
-from typing import Any, Dict, Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -52,17 +52,6 @@ def make_eval_fn(cfg: objective.MetaStepConfig, num_images: int, metric_names=('
     return metrics, jax.tree_util.tree_map(lambda x: x[:num_images], columns)
 
   return jax.jit(fn, out_shardings=out_sharding)
-
-
-def make_stats_fn(cfg: objective.MetaStepConfig, networks_with_stats):
-  """FSTH has no batch statistics (instance and adaptive instance norms only): nothing to stand."""
-  del cfg, networks_with_stats
-  return None
-
-
-def standing_statistics(stats_fn, state: Dict[str, Any], batches, networks_with_stats) -> Dict[str, Any]:
-  del stats_fn, batches, networks_with_stats
-  return state
 
 
 def image_grid(columns: Mapping[str, Any], max_rows: int) -> np.ndarray:

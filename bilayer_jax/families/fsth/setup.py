@@ -1,8 +1,6 @@
 """The FSTH family's training setup: run config -> MetaStepConfig, the content-loss networks, a dummy batch,
 and imported variables merged into a fresh state."""
 
-import os
-import pathlib
 from typing import Any, Dict, Mapping
 
 import jax
@@ -14,7 +12,6 @@ from bilayer_jax.convert import perceptual
 from bilayer_jax.data import input_pipeline
 from bilayer_jax.families.fsth import objective
 from bilayer_jax.families.fsth import training
-from bilayer_jax.models import vgg
 
 
 def num_video_rows(config: config_lib.RunConfig) -> int:
@@ -57,19 +54,7 @@ def step_config(config: Any, stage: str) -> objective.MetaStepConfig:
 
 def content_params(config: config_lib.RunConfig, cfg: objective.MetaStepConfig) -> Dict[str, Any]:
   """Loads the frozen networks of the content loss (clear error naming a missing file)."""
-  params = {}
-  for spec, weight in cfg.content_terms:
-    if spec.name == vgg.FSTH_VGG16_LPIPS.name:
-      params[spec.name] = perceptual.load_lpips_vgg16_params()
-      continue
-    weights_dir = config.loss.perceptual_weights_dir or os.environ.get('BILAYER_JAX_WEIGHTS', '')
-    if not weights_dir:
-      raise perceptual.PerceptualWeightsError(
-          f'the content loss on {spec.name} (weight {weight}) needs {spec.file_name}: set '
-          f'--config.loss.perceptual_weights_dir to its folder ({spec.how_to_get}), or turn the term off with '
-          'weight 0')
-    params[spec.name] = perceptual.load_vgg_params(spec, pathlib.Path(weights_dir) / spec.file_name)
-  return params
+  return perceptual.load_loss_networks(cfg.content_terms, config.loss.perceptual_weights_dir, 'content loss')
 
 
 def dummy_batch(config: config_lib.RunConfig) -> Dict[str, jax.Array]:

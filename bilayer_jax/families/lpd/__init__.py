@@ -27,8 +27,8 @@ TRAINING = base.Training(
     step_config=setup.step_config, dummy_batch=setup.dummy_batch, variable_shapes=training.variable_shapes,
     init_variables=training.init_variables, init_state=training.init_state, train_step=training.train_step,
     model_variables=training.model_variables, frozen_params=setup.perceptual_params, merge_init=setup.merge_init,
-    make_eval_fn=evaluation.make_eval_fn, make_stats_fn=evaluation.make_stats_fn,
-    standing_statistics=evaluation.standing_statistics, image_grid=evaluation.image_grid,
+    make_eval_fn=evaluation.make_eval_fn, make_stats_fn=base.no_stats_fn,
+    standing_statistics=base.keep_statistics, image_grid=evaluation.image_grid,
     row_sharded=training.ROW_SHARDED, with_video_index=True, example_transform=setup.pose_augmentation)
 
 FAMILY = base.ModelFamily(

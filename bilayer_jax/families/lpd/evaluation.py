@@ -63,17 +63,6 @@ def make_eval_fn(cfg: objective.StepConfig, num_images: int, metric_names=('l1',
   return jax.jit(fn, out_shardings=out_sharding)
 
 
-def make_stats_fn(cfg: objective.StepConfig, networks_with_stats):
-  """The official code has no standing statistics: its BatchNorm running averages (momentum 0.1) are used."""
-  del cfg, networks_with_stats
-  return None
-
-
-def standing_statistics(stats_fn, state: Dict[str, Any], batches, networks_with_stats) -> Dict[str, Any]:
-  del stats_fn, batches, networks_with_stats
-  return state
-
-
 def image_grid(columns: Mapping[str, Any], max_rows: int) -> np.ndarray:
   """Rows = videos, columns = GRID_COLUMNS (those present); uint8 (H, W, 3)."""
   return report.image_grid(columns, GRID_COLUMNS, max_rows)

@@ -3,8 +3,6 @@ imported variables merged into a fresh state."""
 
 import dataclasses
 import functools
-import os
-import pathlib
 from typing import Any, Dict, Mapping
 
 import jax
@@ -17,7 +15,6 @@ from bilayer_jax.data import pose_augment
 from bilayer_jax.families.fsth import setup as fsth_setup
 from bilayer_jax.families.lpd import objective
 from bilayer_jax.families.lpd import training
-from bilayer_jax.models import vgg
 
 
 def objective_config(config: config_lib.RunConfig, num_video_rows: int = 0) -> objective.StepConfig:
@@ -56,19 +53,8 @@ def step_config(config: Any, stage: str) -> objective.StepConfig:
 
 def perceptual_params(config: config_lib.RunConfig, cfg: objective.StepConfig) -> Dict[str, Any]:
   """Loads the frozen networks of the perceptual terms in use (clear error naming a missing file)."""
-  params = {}
-  for _, spec, weight, _ in cfg.perceptual_terms:
-    if spec.name == vgg.FSTH_VGG16_LPIPS.name:
-      params[spec.name] = perceptual.load_lpips_vgg16_params()
-      continue
-    weights_dir = config.loss.perceptual_weights_dir or os.environ.get('BILAYER_JAX_WEIGHTS', '')
-    if not weights_dir:
-      raise perceptual.PerceptualWeightsError(
-          f'the perceptual loss on {spec.name} (weight {weight}) needs {spec.file_name}: set '
-          f'--config.loss.perceptual_weights_dir to its folder ({spec.how_to_get}), or turn the term off with '
-          'weight 0')
-    params[spec.name] = perceptual.load_vgg_params(spec, pathlib.Path(weights_dir) / spec.file_name)
-  return params
+  return perceptual.load_loss_networks([(spec, weight) for _, spec, weight, _ in cfg.perceptual_terms],
+                                       config.loss.perceptual_weights_dir)
 
 
 def pose_augmentation(config: config_lib.RunConfig, training_split: bool):
