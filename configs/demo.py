@@ -1,4 +1,4 @@
-r"""Demo: both stages at tiny widths on the built-in demo dataset (the carphone clip), on a laptop CPU.
+r"""Demo: both stages at tiny widths on the built-in demo dataset (three real people), on a laptop CPU.
 
   python run.py --config configs/demo.py --workdir runs/demo
 

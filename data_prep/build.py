@@ -317,7 +317,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string('name', None, f'config name (dataset {_DATASET}/NAME); default: input folder name',
                       flag_values=fv)
   flags.DEFINE_enum('source', 'videos', ['videos', 'original'], 'input layout', flag_values=fv)
-  flags.DEFINE_bool('demo', False, 'build the built-in demo dataset (carphone clip)', flag_values=fv)
+  flags.DEFINE_bool('demo', False, 'build the built-in demo dataset (three people, see data_prep/README.md)',
+                    flag_values=fv)
   helps = _attribute_docs(process.Options)
   for field in dataclasses.fields(process.Options):
     _FLAG_DEFINERS[type(field.default)](field.name, field.default, helps.get(field.name, ''), flag_values=fv)

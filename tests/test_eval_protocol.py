@@ -24,8 +24,8 @@ DEMO_STEPS = 120
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return demo.ensure_demo_dataset(str(tmp_path_factory.mktemp('demo_data')))
+def data_dir(demo_data_dir):
+  return demo_data_dir
 
 
 def _run_py(*args, timeout=900, command=('run.py',)):
@@ -59,13 +59,15 @@ def test_demo_evaluation_is_finite_and_ranks_training_above_initialisation(demo_
   assert (out / 'examples.png').stat().st_size > 0
   assert 'params' in results['model']['evaluated'] and f'step {DEMO_STEPS}' in results['model']['evaluated']
   trained = results['self_reenactment']['summary']
-  assert trained['frames'] == 8 and results['protocol']['max_targets'] == 8
+  # Two held-out videos (two people), 8 targets each.
+  assert trained['frames'] == 16 and results['protocol']['max_targets'] == 8
   _finite_summary(trained, ('l1', 'psnr', 'ssim', 'lpips', 'csim_dlib', 'nme_dlib_fail_rate', 'fid'))
-  assert trained['fid_frames'] == 8 and trained['fid'] > 0
+  assert trained['fid_frames'] == 16 and trained['fid'] > 0
   for baseline in results['baselines'].values():
     _finite_summary(baseline, ('l1', 'psnr', 'ssim'))
   assert 0 <= trained['ssim'] <= 1 and 0 <= trained['lpips'] and -1 <= trained['csim_dlib'] <= 1
-  assert results['cross_reenactment'] == {'skipped': 'needs at least two identities in the split'}
+  cross = results['cross_reenactment']['summary']
+  assert cross['frames'] == 16 and -1 <= cross['csim_dlib'] <= 1
 
   # The same protocol on the untrained initialisation of the same architecture: training must show.
   config = demo_config.get_config('base')
@@ -97,7 +99,7 @@ def test_eval_of_the_originals_run_directories(data_dir, enh_run_dir, fixtures_d
   results = json.loads((tmp_path / 'eval' / 'original' / 'results.json').read_text())
   assert results['model'] == {'evaluated': f'original run {fixtures_dir} epoch 1', 'enhanced': True}
   summary = results['self_reenactment']['summary']
-  assert summary['frames'] == 3 and sorted(k for k in summary if not k.startswith('nme')) == [
+  assert summary['frames'] == 6 and sorted(k for k in summary if not k.startswith('nme')) == [  # 2 videos x 3
       'csim_dlib', 'frames', 'psnr', 'ssim']
   _finite_summary(summary, ('psnr', 'ssim', 'csim_dlib'))
   assert 'self-reenactment' in proc.stdout
@@ -105,9 +107,11 @@ def test_eval_of_the_originals_run_directories(data_dir, enh_run_dir, fixtures_d
 
 def test_protocol_lists_videos_in_a_fixed_order_and_decodes_like_training(data_dir):
   videos = protocol.list_videos(data_dir, 'test', demo.DEMO_DATASET_NAME)
-  assert [(v.person_id, v.video_id, v.num_frames) for v in videos] == [('carphone', 'frames_096_119', 24)]
+  assert [(v.person_id, v.video_id, v.num_frames) for v in videos] == [
+      ('pexels_woman', 'frames_376_471', 32), ('carphone', 'frames_096_119', 24)]
+  assert protocol.list_videos(data_dir, 'test', demo.DEMO_DATASET_NAME) == videos
   loader = protocol.FrameLoader(data_dir, demo.DEMO_DATASET_NAME, 64)
-  frames = loader(videos[0], protocol.select_frames(24, 0, 4))
+  frames = loader(videos[1], protocol.select_frames(24, 0, 4))
   assert frames['source_imgs'].shape == (1, 64, 64, 3) and frames['target_imgs'].shape == (4, 64, 64, 3)
   assert frames['target_poses'].shape == (4, 136) and np.abs(frames['target_poses']).max() <= 1
   np.testing.assert_allclose(protocol.pixel_keypoints(frames['source_poses'], 64)[0, 0],
@@ -128,17 +132,12 @@ def test_bad_eval_settings_fail_clearly(data_dir, tmp_path):
     runner.evaluate(config, str(tmp_path), progress=False)
 
 
-def test_cross_identity_and_per_video_results(data_dir, small_run, monkeypatch):
-  """Two videos of 'different people' (the demo's train and test videos, relabelled): self- and cross-
-  reenactment rows for both, and the markdown report."""
+def test_cross_identity_and_per_video_results(data_dir, small_run):
+  """The demo's two held-out videos (two people): self- and cross-reenactment rows for both, and the
+  markdown report."""
   from bilayer_jax.evaluators import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from bilayer_jax.evaluators import report  # pylint: disable=g-import-not-at-top
   from bilayer_jax.inference import animator as animator_lib  # pylint: disable=g-import-not-at-top
-  test_video = protocol.list_videos(data_dir, 'test', demo.DEMO_DATASET_NAME)[0]
-  train_video = protocol.list_videos(data_dir, 'train', demo.DEMO_DATASET_NAME)[0]
-  other = protocol.Video('someone_else', train_video.video_id, train_video.file, train_video.offset,
-                         train_video.num_frames)
-  monkeypatch.setattr(protocol, 'list_videos', lambda *args: [test_video, other])
   cfg, variables, _ = small_run
   animator = animator_lib.Animator(cfg, variables['generator'])
   evaluator = metrics_lib.FrameEvaluator(('psnr', 'csim_dlib', 'nme_dlib'))
@@ -146,7 +145,7 @@ def test_cross_identity_and_per_video_results(data_dir, small_run, monkeypatch):
   results = protocol.evaluate(animator, evaluator, data_dir, 'test', demo.DEMO_DATASET_NAME, settings,
                               progress=False)
   own = results['self_reenactment']
-  assert own['summary']['frames'] == 6 and [v['person_id'] for v in own['videos']] == ['carphone', 'someone_else']
+  assert own['summary']['frames'] == 6 and [v['person_id'] for v in own['videos']] == ['pexels_woman', 'carphone']
   assert all(v['frames'] == 3 for v in own['videos'])
   np.testing.assert_allclose(own['summary']['psnr'], np.mean([v['psnr'] for v in own['videos']]), rtol=1e-6)
   cross = results['cross_reenactment']['summary']
@@ -156,9 +155,9 @@ def test_cross_identity_and_per_video_results(data_dir, small_run, monkeypatch):
   assert results['grid'].shape == (2 * 64, 3 * 64, 3)
   results.pop('grid')
   text = report.markdown(results)
-  assert '| someone_else |' in text and 'CSIM to the source photo' in text
+  assert '| pexels_woman |' in text and 'CSIM to the source photo' in text
 
 
 def test_unknown_split_names_the_dataset_and_its_splits(data_dir):
-  with pytest.raises(ValueError, match=r"has no split 'validation' \(it has \['test', 'train'\]\)"):
+  with pytest.raises(ValueError, match=r"has no split 'validation' \(it has \['test', 'train', 'unseen'\]\)"):
     protocol.list_videos(data_dir, 'validation', demo.DEMO_DATASET_NAME)

@@ -23,7 +23,7 @@ import train_utils
 @pytest.fixture(scope='module')
 def person(demo_data_dir):
   """Three frames of the held-out video as preprocessed sources (with their segmentations), and targets."""
-  video = protocol.list_videos(demo_data_dir, 'test', 'talking_heads/demo')[0]
+  video = protocol.list_videos(demo_data_dir, 'unseen', 'talking_heads/demo')[0]  # a person never trained on
   loader = protocol.FrameLoader(demo_data_dir, 'talking_heads/demo', train_utils.TINY_LPD.image_size)
   frames = loader(video, protocol.select_frames(video.num_frames, 0, 3, num_sources=3), num_sources=3)
   return protocol.all_source_inputs(frames), frames

@@ -1,14 +1,14 @@
-"""Training data: input pipeline, stickman rendering, built-in demo dataset.
+"""Training data: input pipeline, stickman rendering, sample media.
 
-Modules (imported explicitly; ``input_pipeline`` and ``demo`` import
-TensorFlow, ``stickman`` only numpy and OpenCV):
+Modules (imported explicitly; ``input_pipeline`` imports TensorFlow,
+``stickman`` only numpy and OpenCV):
 
 * ``input_pipeline``: ``create_dataset(...)`` -> tf.data batches from the
   ``talking_heads`` TFRecords that ``python -m data_prep.build`` writes, and
   ``make_global_batch(batch, sharding)`` for multi-host meshes.
 * ``stickman``: ``draw_stickmen(poses, image_size)``, pixel-identical to the
   original's renderer.
-* ``demo``: ``ensure_demo_dataset()`` builds/caches the carphone demo set.
+* the demo dataset (three people) is built by ``data_prep.demo.ensure_demo_dataset()``.
 
 A batch is a dict of float32 NHWC arrays (B examples, n source frames, T
 target frames, S = image_size)::

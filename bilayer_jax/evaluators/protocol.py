@@ -3,7 +3,8 @@
 Videos: the split's records (data_prep TFRecords) in a fixed order (sorted file names, record order); a video
 split into several chunks is evaluated once, from its first chunk (chunks each span the whole video). With
 `max_videos` > 0 only the first videos of that order are used. Splits built by data_prep are identity-disjoint
-(VoxCeleb2's dev/test, or identities hashed into `test`); the built-in demo split is not (one person).
+(VoxCeleb2's dev/test, or identities hashed into `test`); the built-in demo's `test` split is frame-disjoint
+from `train` for the same two people (its person-disjoint split is `unseen`).
 
 Frames (fixed, so results compare across runs): the source is frame `source_frame` of the video (K-shot
 models, `num_source_frames` K > 1: plus K - 1 frames spread evenly over the others); the targets are the
