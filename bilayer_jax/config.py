@@ -219,6 +219,7 @@ class EvalConfig:
   num_source_frames: int = 1  # K-shot families (fsth): the avatar is made from K frames of each video
   finetune_steps: int = 0  # fsth: fine-tune on each video's K source frames first (FT; 0 = feed-forward)
   finetune_train_adaptive: bool = False  # fsth fine-tuning also trains psi and w' (the paper)
+  pose_identity: str = 'dlib'  # the LPD paper's pose/identity errors with this identity network ('' = off)
 
 
 @dataclasses.dataclass(frozen=True)

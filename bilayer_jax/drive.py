@@ -74,7 +74,8 @@ def _avatar(params: str, photo: np.ndarray, source: str, timings: dict, *, enhan
   """(animator, preprocessed source, avatar) with the per-frame function compiled; fills `timings`."""
   start = time.perf_counter()
   anim = families.animator_from_params(params, chunk=chunk)
-  anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks, segmentation, detector=detector)
+  anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks, segmentation, detector=detector,
+                                                  crop_style=anim.preprocessor.crop_style)
   timings['load'] = time.perf_counter() - start
   start = time.perf_counter()
   inputs = anim.preprocessor.source(photo, name=source, face_index=face_index, face_box=face_box)

@@ -110,11 +110,18 @@ def settings_from(config) -> protocol.Settings:
   enhance = {'auto': None, 'true': True, 'false': False}.get(str(ev.enhance).lower())
   if str(ev.enhance).lower() not in ('auto', 'true', 'false'):
     raise errors.InvalidArgumentError(f'eval.enhance={ev.enhance!r}: expected auto, true or false')
+  if ev.pose_identity not in ('', 'dlib', 'arcface'):
+    raise errors.InvalidArgumentError(f'eval.pose_identity={ev.pose_identity!r}: expected dlib, arcface or empty '
+                                      '(off)')
+  if ev.pose_identity == 'arcface' and 'csim_arcface' not in ev.metrics:
+    raise errors.InvalidArgumentError('eval.pose_identity=arcface reuses the csim_arcface metric\'s network: add '
+                                      'csim_arcface to eval.metrics (and set eval.arcface_weights)')
   if ev.mask not in metrics_lib.MASK_MODES:
     raise errors.InvalidArgumentError(f'eval.mask={ev.mask!r}: expected one of {metrics_lib.MASK_MODES}')
   return protocol.Settings(source_frame=ev.source_frame, max_targets=ev.max_targets, max_videos=ev.max_videos,
                            cross_identity=ev.cross_identity, mask=ev.mask, enhance=enhance,
-                           grid_rows=ev.grid_rows, num_source_frames=ev.num_source_frames)
+                           grid_rows=ev.grid_rows, num_source_frames=ev.num_source_frames,
+                           pose_identity=ev.pose_identity)
 
 
 def _finetuning(config, workdir: str, tmp_dir: str):

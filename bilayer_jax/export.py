@@ -108,7 +108,8 @@ def load_avatar(params: str, source: str, enhance=None, landmarks: str = 'auto',
   from bilayer_jax.inference import video  # pylint: disable=g-import-not-at-top
   photo = video.read_image(source)
   anim = families.animator_from_params(params)
-  anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks, detector=detector)
+  anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks, detector=detector,
+                                                  crop_style=anim.preprocessor.crop_style)
   inputs = anim.preprocessor.source(photo, name=source, face_index=face_index, face_box=face_box)
   return anim, inputs, anim.init_avatar(inputs, enhance=enhance)
 

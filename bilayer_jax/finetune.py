@@ -115,7 +115,8 @@ def finetune(params_dir: str, sources: Sequence[preprocess.SourceInputs], workdi
   if not summary['preempted']:
     tuned, family_metadata = tuner.params_variables(summary['state'])
     metadata = {'finetuned': True, 'finetuned_from': str(params_dir), 'num_frames': len(sources),
-                'steps': int(summary['state']['step']), 'trained_by': 'bilayer_jax.finetune', **family_metadata}
+                'steps': int(summary['state']['step']), 'trained_by': 'bilayer_jax.finetune',
+                'crop_style': info.get('metadata', {}).get('crop_style', 'original'), **family_metadata}
     summary['params'] = str(model_io.replace_params(workdir_path / 'params', cfg_model, tuned, metadata))
   del summary['state']
   return summary
@@ -158,10 +159,12 @@ def _paths(spec: str) -> List[pathlib.Path]:
   return [path]
 
 
-def read_sources(spec: str, num_frames: int, image_size: int, landmarks: str = 'auto') -> List[Any]:
+def read_sources(spec: str, num_frames: int, image_size: int, landmarks: str = 'auto',
+                 crop_style: str = 'original') -> List[Any]:
   """N preprocessed frames of one person from photos or a video (evenly spread; frames without a face are
-  skipped and counted in the log). Raises preprocess.NoFaceError when none has a face."""
-  preprocessor = preprocess.FacePreprocessor(image_size, landmarks)
+  skipped and counted in the log), cropped by the meta-training data's `crop_style`. Raises
+  preprocess.NoFaceError when none has a face."""
+  preprocessor = preprocess.FacePreprocessor(image_size, landmarks, crop_style=crop_style)
   paths = _paths(spec)
   if len(paths) == 1 and paths[0].suffix.lower() not in IMAGE_SUFFIXES:
     frames = list(video.read_video(paths[0]))
@@ -208,7 +211,8 @@ def main(argv) -> Optional[int]:
                       checkpoint_every=f.checkpoint_every, perceptual_weights_dir=f.perceptual_weights_dir)
   cfg_model, info = model_io.load_config(f.params)
   check_settings(info['family'], settings)
-  sources = read_sources(f.frames, f.num_frames, cfg_model.image_size, f.landmarks)
+  sources = read_sources(f.frames, f.num_frames, cfg_model.image_size, f.landmarks,
+                         info.get('metadata', {}).get('crop_style', 'original'))
   summary = finetune(f.params, sources, f.workdir, settings)
   if summary['preempted']:
     print(f'preempted: checkpoint in {f.workdir}/checkpoints; rerun the same command to resume')

@@ -1,8 +1,14 @@
 r"""LPD meta-learning at the official code's size (docs/lpd.md).
 
+  python -m data_prep.build --input /data/voxceleb2 --name voxceleb2_latentpose --crop_style latentpose \
+      --data_dir /data/tfds
   python run.py --config configs/lpd.py --workdir runs/lpd \
-      --config.data.name=talking_heads/voxceleb2 --config.data.data_dir=/data/tfds \
+      --config.data.data_dir=/data/tfds \
       --config.loss.perceptual_weights_dir=/data/weights/perceptual
+
+The official dataset is cropped by its face-box rule (`--crop_style latentpose`), which lets driving run
+without landmarks; a dataset built with the bi-layer landmark crop trains too, and inference then crops
+with landmarks (the params record the dataset's crop style).
 
 Effective values (configs/default.yaml of the official code and its defaults): 256² frames, K = 8 identity
 frames + 1 pose/target frame per video, batch 8 (2 GPUs x 4 there; raise it with --config.batch_size for
@@ -20,6 +26,7 @@ def reference_config(model: LPDConfig = LPDConfig()):
   c = config_lib.to_config_dict(config_lib.for_family(
       'lpd', model=model, stage='meta', networks_to_train=('embedder', 'generator', 'discriminator'),
       batch_size=8))
+  c.data.name = 'talking_heads/voxceleb2_latentpose'  # built with --crop_style latentpose (see above)
   c.data.num_source_frames = 8
   c.data.num_target_frames = 1
   c.standing_stats.enabled = False  # the official code keeps BatchNorm running averages instead

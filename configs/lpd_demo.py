@@ -2,7 +2,8 @@ r"""LPD demo: meta-learning at a tiny size on the built-in demo dataset, on a la
 
   python run.py --config configs/lpd_demo.py --workdir runs/lpd_demo
 
-Builds the demo dataset on first use (no network), then trains the three networks for `num_steps`
+Builds the demo dataset cropped by the official latent-pose face-box rule on first use (no network; the
+drive path then needs no landmarks), then trains the three networks for `num_steps`
 iterations (K = 4 identity frames) with orbax checkpoints, TensorBoard scalars and image grids (source,
 masked target, prediction, mask) and a held-out evaluation, and writes runs/lpd_demo/params. Sizes: 64²,
 a ResNeXt-50 and a MobileNetV2 at 1/8 and 1/4 width, generator and discriminator from 8 channels. The
@@ -22,7 +23,7 @@ DEMO_MODEL = LPDConfig(image_size=64, identity_dim=64, pose_dim=32, num_channels
 def get_config(arg=None):
   del arg
   c = lpd.reference_config(DEMO_MODEL)
-  c.data.name = 'talking_heads/demo'
+  c.data.name = 'talking_heads/demo_latentpose'  # the demo data cropped by the official face-box rule
   c.data.demo = True
   c.data.shuffle_buffer = 16
   c.data.num_source_frames = 4

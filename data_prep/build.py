@@ -50,6 +50,7 @@ from absl import flags
 
 from bilayer_jax import cli
 from bilayer_jax import errors
+from bilayer_jax.face import crop as crop_lib
 from data_prep import original
 from data_prep import process
 from data_prep import runner
@@ -99,6 +100,8 @@ def check_inputs(config, data_dir: str, manual_dir: str | None = None, *,
                  workers=num_workers, num_shards=num_shards)
   for flag, (low, high) in _RANGES.items():
     _check_range(flag, numbers.get(flag), low, high)
+  if config.options.crop_style not in crop_lib.CROP_STYLES:
+    raise InputError(f'--crop_style {config.options.crop_style!r}: expected one of {", ".join(crop_lib.CROP_STYLES)}')
   if not _NAME.fullmatch(config.name):
     raise InputError(
         f'--name {config.name!r}: expected a letter or digit, then letters, '

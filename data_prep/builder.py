@@ -70,6 +70,11 @@ DEMO_CONFIG = TalkingHeadsConfig(
     'clip\'s man and the Pexels woman; "unseen" holds a third person, never trained on (fine-tuning on a new '
     'person, cross-identity driving).')
 
+DEMO_LATENTPOSE_CONFIG = TalkingHeadsConfig(
+    name='demo_latentpose', source='demo', version='2.0.0',
+    options=process.Options(landmarks='dlib', image_size=256, crop_style='latentpose'),
+    description='The demo data (same people, frames and splits) cropped by the LPD face-box rule.')
+
 # (person, media file, [(split, first frame, stop frame)]): every person's train and test frames are disjoint
 # ranges of one clip; the 'unseen' person is in no other split.
 DEMO_PEOPLE = (
@@ -116,6 +121,7 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder):
           name='voxceleb2', description='VoxCeleb2 (dev -> train, test -> '
           'test), 256 px crops.'),
       DEMO_CONFIG,
+      DEMO_LATENTPOSE_CONFIG,
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   VoxCeleb2 cannot be downloaded automatically (it requires accepting the

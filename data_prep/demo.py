@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import os
 
+from bilayer_jax import errors
 from bilayer_jax.data.input_pipeline import DEMO_DATASET_NAME
 from bilayer_jax.face import model_files
 
@@ -43,38 +44,46 @@ def _exclusive(path: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _is_built(data_dir: str) -> bool:
-  """Whether the current demo version is built (an older one is rebuilt next to it)."""
+def _demo_config(dataset_name: str):
+  """The builder config of a demo dataset name ('talking_heads/demo' or 'talking_heads/demo_latentpose')."""
   from data_prep import builder  # pylint: disable=g-import-not-at-top
-  version = str(builder.DEMO_CONFIG.version)
-  return os.path.isfile(os.path.join(data_dir, DEMO_DATASET_NAME, version, 'dataset_info.json'))
+  configs = {f'talking_heads/{c.name}': c for c in (builder.DEMO_CONFIG, builder.DEMO_LATENTPOSE_CONFIG)}
+  if dataset_name not in configs:
+    raise errors.InvalidArgumentError(f'data.name {dataset_name!r} with data.demo: expected one of '
+                                      f'{", ".join(sorted(configs))}')
+  return configs[dataset_name]
 
 
-def ensure_demo_dataset(data_dir: str | None = None) -> str:
-  """Builds the demo dataset if needed and returns its tfds data_dir.
+def _is_built(data_dir: str, dataset_name: str) -> bool:
+  """Whether the current version is built (an older one is rebuilt next to it)."""
+  version = str(_demo_config(dataset_name).version)
+  return os.path.isfile(os.path.join(data_dir, dataset_name, version, 'dataset_info.json'))
 
-  Read it with ``create_dataset(data_dir, 'train' | 'test' | 'unseen',
-  dataset_name=DEMO_DATASET_NAME, ...)``. Takes about a minute the first time
-  (one core); needs the segmentation model and the demo media from
-  ``python -m data_prep.fetch_models``.
+
+def ensure_demo_dataset(data_dir: str | None = None, dataset_name: str = DEMO_DATASET_NAME) -> str:
+  """Builds a demo dataset if needed and returns its tfds data_dir.
+
+  Read it with ``create_dataset(data_dir, 'train' | 'test' | 'unseen', dataset_name=dataset_name, ...)``.
+  ``dataset_name`` is 'talking_heads/demo' (the bi-layer crop from landmarks) or
+  'talking_heads/demo_latentpose' (the LPD face-box crop). Takes about 20 s the first time (one core);
+  needs the segmentation model and the demo media from ``python -m data_prep.fetch_models``.
 
   Raises:
     bilayer_jax.face.model_files.ModelNotFoundError: a model or media file is not set up.
   """
   data_dir = os.path.abspath(data_dir or default_data_dir())
-  if _is_built(data_dir):
+  if _is_built(data_dir, dataset_name):
     return data_dir
   os.makedirs(data_dir, exist_ok=True)
   with _exclusive(os.path.join(data_dir, '.demo.lock')):
-    if not _is_built(data_dir):
+    if not _is_built(data_dir, dataset_name):
       from data_prep import build  # pylint: disable=g-import-not-at-top
-      from data_prep import builder  # pylint: disable=g-import-not-at-top
-      build.build_dataset(builder.DEMO_CONFIG, data_dir, num_workers=1,
-                          progress=False)
+      build.build_dataset(_demo_config(dataset_name), data_dir, num_workers=1, progress=False)
   return data_dir
 
 
 def prepare(config) -> None:
-  """With ``config.data.demo``, builds the demo dataset if needed and points ``config.data.data_dir`` at it."""
+  """With ``config.data.demo``, builds the demo dataset ``config.data.name`` if needed and points
+  ``config.data.data_dir`` at it."""
   if config.data.demo:
-    config.data.data_dir = ensure_demo_dataset(config.data.data_dir or None)
+    config.data.data_dir = ensure_demo_dataset(config.data.data_dir or None, config.data.name)

@@ -34,6 +34,8 @@ class Options:
 
   Attributes:
     image_size: side of the stored square crops (the original stored 512).
+    crop_style: 'original' (the bi-layer rule from the 68 landmarks) or 'latentpose' (the LPD official
+      dataset's rule from the face detector's box alone, what the LPD family drives with).
     landmarks: landmark backend ('auto', 'dlib', 'face_alignment', ...).
     segmentation: segmentation backend (see segmentation.py).
     seg_erode: erosion disc diameter applied to masks (the original: 5).
@@ -46,6 +48,7 @@ class Options:
     min_input_side: sequences whose frames are smaller are skipped.
   """
   image_size: int = 256
+  crop_style: str = 'original'
   landmarks: str = 'auto'
   segmentation: str = 'mediapipe_selfie'
   seg_erode: int = 0
@@ -223,8 +226,11 @@ class Processor:
     """
     opts = self.options
     t = time.perf_counter()
-    crops = [crop_lib.crop_face(frame, lms, opts.image_size)
-             for _, frame, lms in chunk]
+    crops = [self._crop(frame, lms) for _, frame, lms in chunk]
+    for _ in range(crops.count(None)):
+      acc.drop('no_face_box')
+    chunk = [item for item, crop in zip(chunk, crops) if crop is not None]
+    crops = [crop for crop in crops if crop is not None]
     jpegs = [images.encode_jpeg(c, opts.jpeg_quality) for c, _ in crops]
     t2 = time.perf_counter()
     masks = [self.segmentation.segment(c) for c, _ in crops]
@@ -235,6 +241,18 @@ class Processor:
     for (frame_id, _, _), (_, kps), jpeg, png in zip(chunk, crops, jpegs,
                                                      pngs):
       acc.keep(jpeg, png, kps, frame_id)
+
+  def _crop(self, frame: np.ndarray, lms: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(crop, keypoints in the crop) by the crop style; None where 'latentpose' finds no face box."""
+    size = self.options.image_size
+    if self.options.crop_style == 'original':
+      return crop_lib.crop_face(frame, lms, size)
+    small = crop_lib.limit_side(frame)
+    box = self.landmarks.detect_box(small)
+    if box is None:
+      return None
+    ratio = np.float32(small.shape[1] / frame.shape[1])
+    return crop_lib.crop_latentpose(small, box, size, landmarks=np.asarray(lms, np.float32)[:, :2] * ratio)
 
   def _import_original(self, seq: sources.Sequence, acc: '_Accumulator'):
     """Frames of the original's layout: no detection, optional resize."""

@@ -10,7 +10,6 @@ import papermill
 import pytest
 
 from bilayer_jax.colab import install
-from data_prep import demo
 
 import train_utils
 
@@ -65,11 +64,11 @@ def _execute(name, tmp_path, **parameters):
 
 
 @pytest.mark.slow
-def test_notebooks_run_headless(tmp_path, monkeypatch, fixtures_dir, enh_run_dir):
+def test_notebooks_run_headless(tmp_path, monkeypatch, fixtures_dir, enh_run_dir, demo_data_dir):
   """demo (trains the demo model, imports the original-layout fixture run as 'official' weights), export
   (reuses that model), train (both stages, resume, evaluation), as CI sizes."""
   monkeypatch.setenv('BILAYER_JAX_NOTEBOOK_SMOKE', '1')
-  monkeypatch.setenv('BILAYER_JAX_DATA_DIR', demo.ensure_demo_dataset(str(tmp_path / 'data')))
+  monkeypatch.setenv('BILAYER_JAX_DATA_DIR', demo_data_dir)
   monkeypatch.setenv('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
   # Compile fast, as the in-process tests do (conftest): at a few steps XLA's optimisations cost more than they save.
   monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
@@ -96,10 +95,10 @@ def test_notebooks_run_headless(tmp_path, monkeypatch, fixtures_dir, enh_run_dir
 
 
 @pytest.mark.slow
-def test_the_training_notebook_trains_the_fsth_family(tmp_path, monkeypatch):
+def test_the_training_notebook_trains_the_fsth_family(tmp_path, monkeypatch, demo_data_dir):
   """FAMILY='fsth': meta-learning (resumed), then the evaluation feed-forward and fine-tuned, at CI sizes."""
   monkeypatch.setenv('BILAYER_JAX_NOTEBOOK_SMOKE', '1')
-  monkeypatch.setenv('BILAYER_JAX_DATA_DIR', demo.ensure_demo_dataset(str(tmp_path / 'data')))
+  monkeypatch.setenv('BILAYER_JAX_DATA_DIR', demo_data_dir)
   monkeypatch.setenv('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
   monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
   workdir = tmp_path / 'train'

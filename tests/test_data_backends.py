@@ -111,6 +111,9 @@ class FakeDetector:
     return [[np.array([0, 0, 10, 10, .9]), np.array([0, 0, 40, 30, .9])]
             if float(b.float().mean()) > 0 else [] for b in batch]
 
+  def detect_from_image(self, image):
+    return [np.array([0, 0, 10, 10, .9]), np.array([0, 0, 40, 30, .9])] if image.mean() > 0 else []
+
 
 class FakeFaceAlignment:
   """Stands in for face_alignment.FaceAlignment (no weights here)."""
@@ -140,6 +143,16 @@ def test_face_alignment_backend_with_injected_model():
   assert out[1][1] is None
   for i in (0, 2, 3, 4):
     np.testing.assert_array_equal(out[i][1], np.full((68, 2), 2.0))
+
+
+def test_face_boxes_without_landmarks(dlib_backend, astronaut):
+  """detect_box: the detector alone (the latent-pose crop's per-frame input), the largest face or None."""
+  box = dlib_backend.detect_box(astronaut)
+  np.testing.assert_allclose(box, dlib_backend.detect_faces(astronaut)[0].box, atol=8)
+  assert dlib_backend.detect_box(np.zeros((64, 64, 3), np.uint8)) is None
+  fa = landmarks.FaceAlignmentBackend(device='cpu', fa=FakeFaceAlignment())
+  np.testing.assert_array_equal(fa.detect_box(np.ones((8, 8, 3), np.uint8)), [0, 0, 40, 30])
+  assert fa.detect_box(np.zeros((8, 8, 3), np.uint8)) is None
 
 
 def test_face_alignment_without_weights_is_a_clear_error(tmp_path,

@@ -68,6 +68,8 @@ def test_demo_evaluation_is_finite_and_ranks_training_above_initialisation(demo_
   assert 0 <= trained['ssim'] <= 1 and 0 <= trained['lpips'] and -1 <= trained['csim_dlib'] <= 1
   cross = results['cross_reenactment']['summary']
   assert cross['frames'] == 16 and -1 <= cross['csim_dlib'] <= 1
+  pose = results['pose_identity']  # on by default (eval.pose_identity='dlib')
+  assert pose['people'] == 2 and pose['landmark_backend'] == 'dlib' and 'pose_error_dlib' in pose
 
   # The same protocol on the untrained initialisation of the same architecture: training must show.
   config = demo_config.get_config('base')
@@ -141,7 +143,7 @@ def test_cross_identity_and_per_video_results(data_dir, small_run):
   cfg, variables, _ = small_run
   animator = animator_lib.Animator(cfg, variables['generator'])
   evaluator = metrics_lib.FrameEvaluator(('psnr', 'csim_dlib', 'nme_dlib'))
-  settings = protocol.Settings(max_targets=3, enhance=False, grid_rows=2)
+  settings = protocol.Settings(max_targets=3, enhance=False, grid_rows=2, pose_identity='dlib')
   results = protocol.evaluate(animator, evaluator, data_dir, 'test', demo.DEMO_DATASET_NAME, settings,
                               progress=False)
   own = results['self_reenactment']
@@ -153,9 +155,13 @@ def test_cross_identity_and_per_video_results(data_dir, small_run):
                                                     'nme_dlib_frames']
   assert -1 <= cross['csim_dlib'] <= 1 and 0 <= cross['nme_dlib_fail_rate'] <= 1
   assert results['grid'].shape == (2 * 64, 3 * 64, 3)
+  pose = results['pose_identity']  # the LPD paper's metric on the same renders, pooled per person
+  assert pose['people'] == 2 and pose['pose_error_dlib_frames'] + pose['pose_error_dlib_skipped'] <= 6
+  assert pose['pose_error_dlib_frames'] == 0 or (pose['pose_error_dlib'] > 0 and pose['pose_error_fit_dlib'] > 0)
+  assert 'identity_error_dlib' in pose or pose['identity_error_skipped'].startswith('pose/identity error: no face')
   results.pop('grid')
   text = report.markdown(results)
-  assert '| pexels_woman |' in text and 'CSIM to the source photo' in text
+  assert '| pexels_woman |' in text and 'CSIM to the source photo' in text and 'Pose / identity errors' in text
 
 
 def test_unknown_split_names_the_dataset_and_its_splits(data_dir):

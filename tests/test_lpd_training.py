@@ -209,6 +209,28 @@ def test_row_sharded_table_over_8_devices_equals_one_device(tmp_path):
                                err_msg=key)
 
 
+def test_evaluation_protocol_with_lpd_params(lpd_run, demo_data_dir, tmp_path):
+  """`bilayer_jax.evaluate` (what `run.py --mode=eval` runs) on LPD params: the pose encoder reads the held-out
+  frames themselves; self- and cross-identity metrics, the pose/identity errors and the report."""
+  from bilayer_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  workdir, _ = lpd_run
+  config = train_utils.tiny_lpd_config(demo_data_dir)
+  config.eval.params = str(workdir / 'params')
+  config.eval.max_targets = 3
+  config.eval.metrics = ('psnr', 'ssim', 'csim_dlib')
+  config.eval.name = 'lpd'
+  results = evaluate_lib.evaluate(config, str(tmp_path), progress=False)
+  own = results['self_reenactment']['summary']
+  assert own['frames'] == 6 and np.isfinite(own['psnr']) and 'source_copy' in results['baselines']
+  assert results['cross_reenactment']['summary']['frames'] == 6
+  assert results['pose_identity']['people'] == 2 and 'pose_error_dlib' in results['pose_identity']
+  text = (tmp_path / 'eval' / 'lpd' / 'results.md').read_text()
+  assert 'Pose / identity errors' in text and '| pexels_woman |' in text
+  config.eval.pose_identity = 'arcface'
+  with pytest.raises(errors.InvalidArgumentError, match='add csim_arcface to eval.metrics'):
+    evaluate_lib.evaluate(config, str(tmp_path), progress=False)
+
+
 def test_drive_animates_a_photo_with_an_lpd_model(lpd_run, photo_file, tmp_path):
   """The drive command end to end with an LPD params directory: photo -> identity vector -> mp4 posed by the
   driver's face crops."""

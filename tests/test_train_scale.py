@@ -13,7 +13,6 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep import demo
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -95,8 +94,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_train_together_and_agree(tmp_path):
-  data_dir = demo.ensure_demo_dataset(str(tmp_path / 'data'))
+def test_two_processes_train_together_and_agree(tmp_path, demo_data_dir):
+  data_dir = demo_data_dir
   port, workdir = _free_port(), tmp_path / 'run'
   procs = [subprocess.Popen([sys.executable, os.path.join(TESTS, 'multiprocess_driver.py'), str(port), '2', str(i),
                              data_dir, str(workdir), str(tmp_path / f'p{i}.json')], cwd=TESTS, env=_env(2),

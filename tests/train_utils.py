@@ -54,6 +54,7 @@ def tiny_lpd_config(data_dir: str, num_steps: int = 4):
   period 2 steps, no perceptual network (they have their own tests; keeps compiles short)."""
   c = lpd_demo.get_config()
   c.model = config_lib.to_config_dict(TINY_LPD)
+  c.data.name = 'talking_heads/demo'  # the landmark crop (shared with the other families' tests)
   c.data.data_dir = str(data_dir)
   c.data.num_source_frames = 2
   c.batch_size = 2

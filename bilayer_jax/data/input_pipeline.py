@@ -139,6 +139,13 @@ def load_builder(data_dir: str, dataset_name: str = DEMO_DATASET_NAME):
     ) from e
 
 
+def dataset_crop_style(data_dir: str, dataset_name: str) -> str:
+  """The face crop rule a prepared dataset was built with (bilayer_jax.face.crop.CROP_STYLES); datasets
+  built before the option existed are 'original'."""
+  options = load_builder(data_dir, dataset_name).info.metadata.get('options') or {}
+  return options.get('crop_style', 'original')
+
+
 def _host_records(builder, split: str, index: int, count: int, seed: int,
                   shuffle: bool, repeat: bool) -> tf.data.Dataset:
   """(example index in the split, serialized example) pairs of this host.

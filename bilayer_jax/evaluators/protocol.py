@@ -21,6 +21,12 @@ different person; no ground truth exists, so only CSIM to the source and NME to 
 
 FID (if selected) compares the set of all generated self-reenactment frames with the set of their real frames.
 
+Pose/identity errors (`pose_identity` = an identity embedder, 'dlib' or 'arcface'; evaluators.pose_identity,
+the LPD paper's disentanglement metric) over the same renders, pooled per person: identity error of every
+cross-identity frame against the mean descriptor of its person's real frames (sources and targets), pose error
+of every self-reenactment frame against the frame it reproduces (dlib landmarks). One process only: the
+identity references pool frames across videos.
+
 Baselines in the same run (image metrics only): `source_copy` predicts every target as the source frame;
 `mean_image` predicts the per-pixel mean of the video's targets (a static oracle). A model that animates should
 beat both. Multi-host: host k evaluates videos k, k + count, ...; per-frame values are gathered to every host.
@@ -29,7 +35,7 @@ beat both. Multi-host: host k evaluates videos k, k + count, ...; per-frame valu
 import dataclasses
 import functools
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -54,6 +60,7 @@ class Settings:
   enhance: Optional[bool] = None  # None: when the params have a texture enhancer
   grid_rows: int = 4
   num_source_frames: int = 1  # K-shot models (fsth): the avatar is initialised from K frames
+  pose_identity: str = ''  # identity embedder of the LPD paper's pose/identity errors ('' = off; see below)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +196,7 @@ def evaluate(animator, evaluator: metrics_lib.FrameEvaluator, data_dir: str, spl
   mine = list(range(jax.process_index(), len(videos), jax.process_count()))
   self_rows, base_rows, cross_rows, grid = [], {'source_copy': [], 'mean_image': []}, [], []
   features = {'real': [], 'fake': []}
+  pooled = _PosePool()
   for i in tqdm(mine, desc='evaluating videos', disable=not progress or jax.process_index() != 0):
     video = videos[i]
     k = settings.num_source_frames
@@ -196,7 +204,7 @@ def evaluate(animator, evaluator: metrics_lib.FrameEvaluator, data_dir: str, spl
     sources = all_source_inputs(frames)
     video_animator = adapt(sources, i) if adapt else animator
     avatar = video_animator.init_avatar(sources if k > 1 else sources[0], enhance=settings.enhance)
-    out = video_animator.render(avatar, frames['target_poses'])
+    out = video_animator.render(avatar, video_animator.dataset_poses(frames))
     masks = metrics_lib.select_masks(settings.mask, frames['target_segs'], out['mask'])
     pred, real = _masked(out['image'], masks), _masked(frames['target_imgs'], masks)
     values = evaluator.self_reenactment(pred, real, pixel_keypoints(frames['target_poses'], size))
@@ -208,30 +216,77 @@ def evaluate(animator, evaluator: metrics_lib.FrameEvaluator, data_dir: str, spl
       base_rows[name].append({'video': np.full(len(pred), i, np.float64), **vals})
     if len(grid) < settings.grid_rows:
       grid.append(np.concatenate([frames['source_imgs'][0], real[0], pred[0]], axis=1))
+    pooled.add_self(video.person_id, pred, real, _masked(frames['source_imgs'], metrics_lib.select_masks(
+        settings.mask, frames['source_segs'], frames['source_segs'])))
     j = _cross_driver(videos, i) if settings.cross_identity else None
-    if j is not None and evaluator.cross_keys:
-      cross_rows.append(_cross_row(video_animator, avatar, evaluator, settings, frames, i,
+    if j is not None and (evaluator.cross_keys or settings.pose_identity):
+      row, cross_pred = _cross_row(video_animator, avatar, evaluator, settings, frames, i,
                                    loader(videos[j], select_frames(videos[j].num_frames, settings.source_frame,
-                                                                   settings.max_targets))))
+                                                                   settings.max_targets)))
+      cross_rows.append(row)
+      pooled.add_cross(video.person_id, videos[j].person_id, cross_pred)
   results = {'protocol': {**dataclasses.asdict(settings), 'split': split, 'dataset': dataset_name,
                           'data_dir': data_dir, 'num_videos': len(videos), 'image_size': size},
              'self_reenactment': _collect(self_rows, evaluator.self_keys, videos),
              'baselines': {k: _collect(v, tuple(image_names), videos)['summary'] for k, v in base_rows.items()}}
   _add_fid_and_cross(results, evaluator, settings, features, cross_rows, videos)
+  results['pose_identity'] = pooled.errors(settings.pose_identity, evaluator.embedders.get(settings.pose_identity))
   results['grid'] = np.concatenate(grid, axis=0) if grid else None
   return results
 
 
-def _cross_row(animator, avatar, evaluator, settings: Settings, frames, index: int, driver) -> Dict[str, Any]:
-  """Cross-identity metrics of video `index`'s avatar driven by another identity's frames."""
+class _PosePool:
+  """The renders the pose/identity errors need, pooled per person (this process's videos)."""
+
+  def __init__(self):
+    self.self_pairs, self.drivers, self.identity_images, self.cross_pairs = {}, {}, {}, {}
+
+  @staticmethod
+  def _append(store: dict, key, frames: np.ndarray) -> None:
+    store[key] = np.concatenate([store[key], frames]) if key in store else np.asarray(frames)
+
+  def add_self(self, person: str, pred: np.ndarray, real: np.ndarray, sources: np.ndarray) -> None:
+    self._append(self.self_pairs, (person, person), pred)
+    self._append(self.drivers, person, real)
+    self._append(self.identity_images, person, np.concatenate([sources, real]))
+
+  def add_cross(self, person: str, driver_person: str, pred: np.ndarray) -> None:
+    self._append(self.cross_pairs, (person, driver_person), pred)
+
+  def errors(self, embedder: str, instance=None) -> Dict[str, Any]:
+    """The pose/identity section of the results, or why it was skipped. `instance`: the evaluator's own
+    embedder of that name, when it has one (no second copy of its weights)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    from bilayer_jax.evaluators import pose_identity  # pylint: disable=g-import-not-at-top
+    if not embedder:
+      return {'skipped': 'disabled (eval.pose_identity is empty)'}
+    if jax.process_count() > 1:
+      return {'skipped': 'needs one process (identity references pool frames across videos)'}
+    metric = pose_identity.PoseIdentityError(identity_embedder=instance or embedder, landmark_backend='dlib')
+    skipped = '' if self.cross_pairs else 'needs at least two identities in the split'
+    if self.cross_pairs:
+      try:
+        out = metric.evaluate({**self.self_pairs, **self.cross_pairs}, self.identity_images, self.drivers)
+      except pose_identity.NoFaceError as e:  # e.g. an untrained model: no face on any cross render
+        skipped = str(e)
+    if skipped:
+      out = metric.evaluate(self.self_pairs, self.identity_images, self.drivers)
+      out['identity_error_skipped'] = skipped
+    out['people'] = len(self.drivers)
+    return out
+
+
+def _cross_row(animator, avatar, evaluator, settings: Settings, frames, index: int, driver
+               ) -> Tuple[Dict[str, Any], np.ndarray]:
+  """Cross-identity metrics of video `index`'s avatar driven by another identity's frames, and the renders."""
   size = animator.cfg.image_size
   gt = lambda imgs, segs: _masked(imgs, metrics_lib.select_masks(settings.mask, segs, segs))
-  cross = animator.render(avatar, driver['target_poses'])
+  cross = animator.render(avatar, animator.dataset_poses(driver))
   cross_pred = _masked(cross['image'], metrics_lib.select_masks(settings.mask, cross['mask'], cross['mask']))
   return {'video': np.full(len(cross_pred), index, np.float64), **evaluator.cross_reenactment(
       cross_pred, pixel_keypoints(driver['target_poses'], size),
       gt(frames['source_imgs'], frames['source_segs'])[0], pixel_keypoints(frames['source_poses'], size)[0],
-      gt(driver['target_imgs'], driver['target_segs']))}
+      gt(driver['target_imgs'], driver['target_segs']))}, cross_pred
 
 
 def _add_fid_and_cross(results, evaluator, settings: Settings, features, cross_rows, videos) -> None:

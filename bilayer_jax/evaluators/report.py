@@ -61,6 +61,25 @@ def _arrow(name: str) -> str:
   return '↑' if name in metrics_lib.HIGHER_IS_BETTER else '↓'
 
 
+def _pose_identity_lines(section: Any) -> List[str]:
+  """The LPD paper's pose/identity errors (evaluators.pose_identity), or why they were skipped."""
+  if not section:
+    return []
+  lines = ['', '## Pose / identity errors (the LPD paper\'s disentanglement metric)', '']
+  if 'skipped' in section:
+    return lines + [f'Skipped: {section["skipped"]}.']
+  keys = [k for k in section if k.startswith(('identity_error_', 'pose_error_')) and not k.endswith(
+      ('_frames', '_fail_rate', '_skipped', '_fallback_rate'))]
+  lines += ['Identity error (1 − cosine to the person\'s mean descriptor, cross-identity frames) and pose error '
+            '(landmark distance / outer-eye distance to the driving frame, self-reenactment frames; `_fit` after '
+            'a least-squares scale and shift), lower is better; not the paper\'s networks, so not its numbers.',
+            '', '| people | ' + ' | '.join(f'{k} ↓' for k in keys) + ' |', '|---|' + '---|' * len(keys),
+            f'| {section.get("people", "")} | ' + ' | '.join(_fmt(section[k]) for k in keys) + ' |']
+  if 'identity_error_skipped' in section:
+    lines += ['', f'Identity error skipped: {section["identity_error_skipped"]}.']
+  return lines
+
+
 def markdown(results: Dict[str, Any]) -> str:
   """The report: protocol, the summary table with baselines, cross-identity, per-video rows."""
   proto = results['protocol']
@@ -94,6 +113,7 @@ def markdown(results: Dict[str, Any]) -> str:
               '| frames | ' + ' | '.join(f'{k} {_arrow(k)}' for k in ckeys) + ' |', '|---|' + '---|' * len(ckeys),
               f'| {cross["summary"].get("frames", 0)} | ' + ' | '.join(_fmt(cross['summary'][k]) for k in ckeys)
               + ' |']
+  lines += _pose_identity_lines(results.get('pose_identity'))
   vkeys = [k for k in keys if k not in metrics_lib.SET_METRICS]
   lines += ['', '## Per video (self-reenactment)', '', '| person | video | frames | ' + ' | '.join(vkeys) + ' |',
             '|---|---|---|' + '---|' * len(vkeys)]

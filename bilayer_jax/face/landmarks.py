@@ -70,6 +70,15 @@ class LandmarkBackend:
     box = np.concatenate([lms.min(0), lms.max(0)]).astype(np.float64)
     return [detection.Face(box, float('nan'), lms)]
 
+  def detect_box(self, image: np.ndarray) -> np.ndarray | None:
+    """(4,) float64 x0, y0, x1, y1 of the largest face by the face detector alone, or None if no face.
+
+    What the face-box crop (``crop.crop_latentpose``) needs per frame: no landmarks. The default takes the
+    first face of ``detect_faces``; backends with a separate detector override it to skip their landmarks.
+    """
+    faces = self.detect_faces(image)
+    return faces[0].box if faces else None
+
   def detect_video(self, frames: Iterable[np.ndarray]
                    ) -> Iterator[tuple[np.ndarray, detection.Landmarks | None]]:
     """Yields (frame, landmarks or None) for consecutive frames of a video.
@@ -235,6 +244,10 @@ class DlibBackend(LandmarkBackend):
     boxes, _ = self._photo_boxes(rgb, gray, every_scale=False)
     return self._predict(gray, boxes[0]) if boxes else None
 
+  def detect_box(self, image):
+    rgb = images.to_rgb(image)
+    return self._detect_box(rgb, images.to_gray(rgb))
+
   def detect_faces(self, image):
     rgb = images.to_rgb(image)
     gray = images.to_gray(rgb)
@@ -351,6 +364,11 @@ class FaceAlignmentBackend(LandmarkBackend):
                   np.asarray(l, np.float32)[:, :2])
              for l, b in zip(lms or [], boxes or [])]
     return sorted(faces, key=lambda f: -f.area)
+
+  def detect_box(self, image):
+    # S3FD alone, the detector of the official latent-pose crop; it too keeps the largest box.
+    boxes = [np.asarray(b[:4], np.float64) for b in self._fa.face_detector.detect_from_image(images.to_rgb(image))]
+    return max(boxes, key=detection.box_area) if boxes else None
 
   def _detect_batch(self, frames: list[np.ndarray]) -> list[detection.Landmarks | None]:
     batch = self._torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)

@@ -71,6 +71,12 @@ class PoseDriven:
     """Yields (frame, what `render` takes as its pose or None, crop or None) per driving frame."""
     return self.preprocessor.driver_poses(frames, coverage)
 
+  @staticmethod
+  def dataset_poses(frames: Mapping[str, np.ndarray]) -> np.ndarray:
+    """What `render` takes as the poses of a dataset's decoded target frames (the evaluation protocol's
+    `FrameLoader` output): their (T, 136) keypoints."""
+    return frames['target_poses']
+
   def drive(self, avatar: Avatar, frames: Iterable[np.ndarray], timings: Optional[Dict[str, float]] = None,
             coverage: Optional[preprocess.FaceCoverage] = None
             ) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray], Dict[str, np.ndarray]]]:

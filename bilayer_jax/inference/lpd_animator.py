@@ -57,10 +57,13 @@ class LPDAnimator(animator.PoseDriven):
     preprocessor: detection/crop (FacePreprocessor at the model's size by default). chunk: frames per jit call.
     finetuned: render with the generator's fine-tuned `identity_embedding` (params written by
       bilayer_jax.finetune).
+    crop_style: the training data's crop rule (params metadata `crop_style`), for the default preprocessor:
+      'latentpose' crops drivers from the face detector's box alone, 'original' from landmarks.
   """
 
   def __init__(self, cfg: LPDConfig, variables: Mapping[str, Any],
-               preprocessor: Optional[preprocess.FacePreprocessor] = None, chunk: int = 8, finetuned: bool = False):
+               preprocessor: Optional[preprocess.FacePreprocessor] = None, chunk: int = 8, finetuned: bool = False,
+               crop_style: str = 'original'):
     params = variables.get('params', {})
     missing = [n for n in NETWORKS if n not in params]
     if missing:
@@ -71,7 +74,7 @@ class LPDAnimator(animator.PoseDriven):
     self.cfg = cfg
     self.has_enhancer = False
     self.variables = jax.device_put({c: {n: t[n] for n in NETWORKS if n in t} for c, t in variables.items()})
-    self.preprocessor = preprocessor or preprocess.FacePreprocessor(cfg.image_size)
+    self.preprocessor = preprocessor or preprocess.FacePreprocessor(cfg.image_size, crop_style=crop_style)
     self.chunk = chunk
     self.finetuned = finetuned
     self._identity_fn = jax.jit(functools.partial(self._identity, cfg))
@@ -81,7 +84,9 @@ class LPDAnimator(animator.PoseDriven):
   def from_params(cls, params_dir: str, **kwargs) -> 'LPDAnimator':
     """From a params directory written by an lpd run."""
     cfg, variables, info = model_io.load_params(params_dir)
-    kwargs.setdefault('finetuned', bool(info.get('metadata', {}).get('finetuned', False)))
+    metadata = info.get('metadata', {})
+    kwargs.setdefault('finetuned', bool(metadata.get('finetuned', False)))
+    kwargs.setdefault('crop_style', metadata.get('crop_style', 'original'))
     try:
       return cls(cfg, variables['generator'], **kwargs)
     except model_io.ParamsDirError as e:
@@ -143,7 +148,13 @@ class LPDAnimator(animator.PoseDriven):
     """The first photo's crop: the pose before a driver's first face."""
     return avatar.source.imgs[0, 0]
 
+  @staticmethod
+  def dataset_poses(frames: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The dataset's target crops themselves (T, S, S, 3) in [-1, 1]: the pose encoder reads the pose."""
+    return frames['target_imgs']
+
   def _driver_inputs(self, frames: Iterable[np.ndarray], coverage: Optional[preprocess.FaceCoverage]):
-    """(frame, its face crop in [-1, 1] as the pose, the uint8 crop) per driving frame."""
-    for frame, _, crop in self.preprocessor.driver_poses(frames, coverage):
+    """(frame, its face crop in [-1, 1] as the pose, the uint8 crop) per driving frame (crop style
+    'latentpose': the face detector alone, no landmarks)."""
+    for frame, crop in self.preprocessor.driver_crops(frames, coverage):
       yield frame, None if crop is None else crop.astype(np.float32) / 255 * 2 - 1, crop

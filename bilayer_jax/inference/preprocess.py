@@ -190,13 +190,18 @@ class FacePreprocessor:
     segmentation: a backend name (bilayer_jax.face.segmentation) or a SegmentationBackend; built on first use.
     crop_size: size of the face crop before resizing to `image_size` (the dataset's stored size).
     detector: dlib's face detector for a backend given by name ('hog', or 'cnn': see `landmark_backend`).
+    crop_style: the training dataset's crop rule: 'original' (from the 68 landmarks) or 'latentpose' (from
+      the face detector's box: `driver_crops` then runs no landmark detector).
   """
 
   def __init__(self, image_size: int, landmarks: Union[str, landmarks_lib.LandmarkBackend] = 'auto',
                segmentation: Union[str, segmentation_lib.SegmentationBackend] = 'mediapipe_selfie',
-               crop_size: int = 256, detector: str = 'hog'):
+               crop_size: int = 256, detector: str = 'hog', crop_style: str = 'original'):
+    if crop_style not in crop_lib.CROP_STYLES:
+      raise OptionError(f'crop style {crop_style!r}: expected one of {", ".join(crop_lib.CROP_STYLES)}')
     self.image_size = image_size
     self.crop_size = crop_size
+    self.crop_style = crop_style
     self._landmarks = landmarks
     self._segmentation = segmentation
     self._detector = detector
@@ -213,11 +218,31 @@ class FacePreprocessor:
       self._segmentation = segmentation_lib.get_segmentation_backend(self._segmentation)
     return self._segmentation
 
-  def _crop(self, image: np.ndarray, lms: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(model-size uint8 crop, (136,) keypoints, crop at crop_size) for an image and its landmarks."""
-    big_crop, lms_in_crop = crop_lib.crop_face(image, lms, self.crop_size)
+  def _crop(self, image: np.ndarray, lms: np.ndarray, box: Optional[np.ndarray] = None
+            ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(model-size uint8 crop, (136,) keypoints, crop at crop_size) for an image, its landmarks and (style
+    'latentpose') the face detector's box."""
+    if self.crop_style == 'latentpose':
+      small = crop_lib.limit_side(image)
+      ratio = small.shape[1] / image.shape[1]
+      big_crop, lms_in_crop = crop_lib.crop_latentpose(small, np.asarray(box) * ratio, self.crop_size,
+                                                       landmarks=np.asarray(lms, np.float32)[:, :2] * ratio)
+    else:
+      big_crop, lms_in_crop = crop_lib.crop_face(image, lms, self.crop_size)
     crop = images.resize_bicubic(big_crop, self.image_size)  # unchanged when the sizes are equal
     return crop, normalise_keypoints(lms_in_crop, self.crop_size), big_crop
+
+  def _box_crop(self, frame: np.ndarray) -> Optional[np.ndarray]:
+    """The model-size uint8 latent-pose crop of a frame's largest face (its detector box only), or None."""
+    small = crop_lib.limit_side(images.to_rgb(np.asarray(frame)))
+    box = self.landmarks.detect_box(small)
+    if box is None:
+      return None
+    try:
+      big_crop, _ = crop_lib.crop_latentpose(small, box, self.crop_size)
+    except ValueError:  # a degenerate box: no face
+      return None
+    return images.resize_bicubic(big_crop, self.image_size)
 
   def source(self, photo: np.ndarray, name: str = 'source photo', face_index: Optional[int] = None,
              face_box: Optional[FaceBox] = None) -> SourceInputs:
@@ -241,7 +266,7 @@ class FacePreprocessor:
     boxes = tuple(f.box for f in faces)
     index = select_face(boxes, face_index, face_box, name)
     lms = faces[index].landmarks
-    crop, pose, big_crop = self._crop(photo, lms)
+    crop, pose, big_crop = self._crop(photo, lms, faces[index].box)
     # Masks are computed on the crop at the stored size and quantised to 8 bits, as the dataset stores them.
     mask = np.round(np.clip(self.segmentation.segment(big_crop), 0, 1) * 255).astype(np.uint8)
     if self.crop_size != self.image_size:
@@ -271,5 +296,24 @@ class FacePreprocessor:
       if coverage is not None:
         coverage.add(pose is not None)
       yield frame, pose, crop
+    if coverage is not None:
+      coverage.finish()
+
+  def driver_crops(self, frames: Iterable[np.ndarray], coverage: Optional[FaceCoverage] = None
+                   ) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray]]]:
+    """Yields (frame, model-size uint8 crop or None) for video frames, by the dataset's crop rule.
+
+    'latentpose': the face detector alone per frame (no landmarks); 'original': `driver_poses`' crops.
+    Frames without a face give None. `coverage` as in `driver_poses`.
+    """
+    if self.crop_style != 'latentpose':
+      for frame, _, crop in self.driver_poses(frames, coverage):
+        yield frame, crop
+      return
+    for frame in frames:
+      crop = self._box_crop(frame)
+      if coverage is not None:
+        coverage.add(crop is not None)
+      yield frame, crop
     if coverage is not None:
       coverage.finish()

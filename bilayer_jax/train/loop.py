@@ -133,8 +133,10 @@ def _write_params(ctx: '_Stage', state) -> None:
   gathered = jax.jit(ctx.training.model_variables, out_shardings=ctx.repl)(state)
   variables = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), gathered)
   if jax.process_index() == 0:
+    # The dataset's crop rule travels with the params: inference must crop photos and drivers the same way.
+    crop_style = input_pipeline.dataset_crop_style(ctx.config.data.data_dir, ctx.config.data.name)
     metadata = {'trained_by': 'bilayer_jax', 'stage': ctx.cfg.stage, 'step': int(state['step']),
-                'config': config_lib.to_json(ctx.config)}
+                'config': config_lib.to_json(ctx.config), 'crop_style': crop_style}
     model_io.replace_params(pathlib.Path(ctx.workdir) / 'params', ctx.cfg.model, variables, metadata)
 
 
