@@ -35,7 +35,8 @@ FLAGS = flags.FLAGS
 def _define_flags():
   """Defines the command-line flags (only when run as a program)."""
   flags.DEFINE_string('params', None, 'bilayer_jax params directory.')
-  flags.DEFINE_string('source', None, 'Source photo (any size; its largest face unless chosen below).')
+  flags.DEFINE_string('source', None, 'Source photo (any size; its largest face unless chosen below), or a '
+                      'video of the person (its first frame).')
   flags.DEFINE_string('driver', None, 'Driving video (mp4 or anything FFmpeg decodes).')
   flags.DEFINE_string('out', None, 'Output .mp4.')
   flags.DEFINE_bool('side_by_side', False, 'Write [source crop | driver crop | result] per frame.')
@@ -103,7 +104,7 @@ def drive(params: str, source: str, driver: str, out: str, *, side_by_side: bool
   """
   timings = {}
   start = time.perf_counter()
-  photo = video.read_image(source)
+  photo = video.read_still(source)
   bg = parse_background(background) if isinstance(background, str) else background
   fps, total = preprocess.open_driver(driver, max_frames)
   coverage = preprocess.FaceCoverage(driver, max_faceless_fraction, total)

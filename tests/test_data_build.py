@@ -199,7 +199,9 @@ def test_unusable_files_fail_before_anything_is_created(tmp_path):
     (['--test_fraction', '1.5'], '--test_fraction 1.5: expected a number'),
     (['--workers', '0'], '--workers 0'),
     (['--name', 'my videos'], "--name 'my videos'"),
+    (['--crop_style', 'square'], "--crop_style 'square': expected one of original, latentpose"),
     (['--name', 'voxceleb2'], '--name voxceleb2: a predefined config'),
+    (['--name', 'demo_latentpose'], '--name demo_latentpose: a predefined config'),
     (['--data_dir', 'FILE'], 'is not a folder'),
     (['--source', 'original'], 'not in the original layout: imgs/'),
 ])

@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 import skimage.data
 
+from bilayer_jax.data import samples
 from bilayer_jax.face import detection
 from bilayer_jax.face import landmarks as landmarks_lib
 from bilayer_jax.face import segmentation as segmentation_lib
@@ -137,6 +138,18 @@ def test_photos_of_other_modes_load_and_give_the_face(preprocessor, tmp_path, mo
   if mode == 'RGBA':
     assert (loaded[:, 500:] == 255).all()
   assert inside(preprocessor.source(loaded).landmarks, box)
+
+
+def test_a_still_from_an_image_or_a_video(tmp_path):
+  """drive's --source: a photo, or a clip of the person (its first frame); anything else one clear error."""
+  clip = samples.carphone_path()
+  first = next(iter(video.read_video(clip, 1)))
+  np.testing.assert_array_equal(video.read_still(clip), first)
+  Image.fromarray(first).save(tmp_path / 'frame.png')
+  np.testing.assert_array_equal(video.read_still(tmp_path / 'frame.png'), first)
+  (tmp_path / 'notes.txt').write_text('not media')
+  with pytest.raises(video.MediaError, match='notes.txt: neither an image nor a video with a frame'):
+    video.read_still(tmp_path / 'notes.txt')
 
 
 def test_multi_scale_detections_merge_into_one_face_per_person(dlib_backend):

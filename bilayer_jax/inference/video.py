@@ -51,6 +51,20 @@ def read_image(path: os.PathLike) -> np.ndarray:
     raise MediaError(f'{path}: cannot read the image ({e})') from e
 
 
+def read_still(path: os.PathLike) -> np.ndarray:
+  """An image file, or else the first frame of a video file (a person given by a clip of them)."""
+  try:
+    return read_image(path)
+  except MediaError as not_an_image:
+    try:
+      frame = next(iter(read_video(path, 1)), None)
+    except MediaError:
+      frame = None
+    if frame is None:
+      raise MediaError(f'{path}: neither an image nor a video with a frame') from not_an_image
+    return frame
+
+
 def probe_video(path: os.PathLike) -> Tuple[float, Optional[int]]:
   """(frames per second, number of frames or None if the container does not say)."""
   try:

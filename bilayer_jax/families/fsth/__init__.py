@@ -9,6 +9,7 @@ reference's checkpoint files (`bilayer_jax.convert.fsth_checkpoint`).
 
 from bilayer_jax.convert import fsth_checkpoint
 from bilayer_jax.families import base
+from bilayer_jax.families import video_table
 from bilayer_jax.families.fsth import evaluation
 from bilayer_jax.families.fsth import setup
 from bilayer_jax.families.fsth import training
@@ -23,7 +24,7 @@ STAGES = (
 )
 
 TRAINING = base.Training(
-    step_config=setup.step_config, dummy_batch=setup.dummy_batch, variable_shapes=training.variable_shapes,
+    step_config=setup.step_config, dummy_batch=video_table.dummy_batch, variable_shapes=training.variable_shapes,
     init_variables=training.init_variables, init_state=training.init_state, train_step=training.train_step,
     model_variables=training.model_variables, frozen_params=setup.content_params, merge_init=setup.merge_init,
     make_eval_fn=evaluation.make_eval_fn, make_stats_fn=base.no_stats_fn,

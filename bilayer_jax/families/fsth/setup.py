@@ -3,27 +3,13 @@ and imported variables merged into a fresh state."""
 
 from typing import Any, Dict, Mapping
 
-import jax
-import jax.numpy as jnp
 
 from bilayer_jax import config as config_lib
 from bilayer_jax import model_io
 from bilayer_jax.convert import perceptual
-from bilayer_jax.data import input_pipeline
+from bilayer_jax.families import video_table
 from bilayer_jax.families.fsth import objective
 from bilayer_jax.families.fsth import training
-
-
-def num_video_rows(config: config_lib.RunConfig) -> int:
-  """Rows of the per-video matrix: the training split's examples, padded to a multiple of the devices
-  (the table is sharded by rows; the padding rows are never drawn)."""
-  builder = input_pipeline.load_builder(config.data.data_dir or None, config.data.name)
-  split = config.data.train_split
-  if split not in builder.info.splits:
-    raise config_lib.ConfigError(f'config.data.train_split={split!r}: the dataset {config.data.name} has '
-                                 f'splits {", ".join(sorted(builder.info.splits))}')
-  count, devices = builder.info.splits[split].num_examples, jax.device_count()
-  return -(-count // devices) * devices
 
 
 def objective_config(config: config_lib.RunConfig, num_video_rows: int = 0) -> objective.MetaStepConfig:
@@ -49,23 +35,12 @@ def step_config(config: Any, stage: str) -> objective.MetaStepConfig:
   if set(config.networks_to_train) != set(training.NETWORKS):
     raise config_lib.ConfigError(f'config.networks_to_train={config.networks_to_train}: meta-learning trains '
                                  f'{", ".join(training.NETWORKS)} together')
-  return objective_config(config, num_video_rows(config))
+  return objective_config(config, video_table.num_video_rows(config))
 
 
 def content_params(config: config_lib.RunConfig, cfg: objective.MetaStepConfig) -> Dict[str, Any]:
   """Loads the frozen networks of the content loss (clear error naming a missing file)."""
   return perceptual.load_loss_networks(cfg.content_terms, config.loss.perceptual_weights_dir, 'content loss')
-
-
-def dummy_batch(config: config_lib.RunConfig) -> Dict[str, jax.Array]:
-  """Zeros shaped like one global training batch of the input pipeline (with the video index)."""
-  s, b = config.model.image_size, config.batch_size
-  n, t = config.data.num_source_frames, config.data.num_target_frames
-  frames = lambda count, channels: jnp.zeros((b, count, s, s, channels))
-  return {'source_imgs': frames(n, 3), 'source_segs': frames(n, 1), 'source_stickmen': frames(n, 3),
-          'source_poses': jnp.zeros((b, n, 136)), 'target_imgs': frames(t, 3), 'target_segs': frames(t, 1),
-          'target_stickmen': frames(t, 3), 'target_poses': jnp.zeros((b, t, 136)),
-          'video_index': jnp.zeros((b,), jnp.int32)}
 
 
 def merge_init(cfg: objective.MetaStepConfig, state: Mapping[str, Any], variables: Mapping[str, Any],

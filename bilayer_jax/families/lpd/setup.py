@@ -12,7 +12,7 @@ from bilayer_jax import config as config_lib
 from bilayer_jax import model_io
 from bilayer_jax.convert import perceptual
 from bilayer_jax.data import pose_augment
-from bilayer_jax.families.fsth import setup as fsth_setup
+from bilayer_jax.families import video_table
 from bilayer_jax.families.lpd import objective
 from bilayer_jax.families.lpd import training
 
@@ -48,7 +48,7 @@ def step_config(config: Any, stage: str) -> objective.StepConfig:
   if set(config.networks_to_train) != set(training.NETWORKS):
     raise config_lib.ConfigError(f'config.networks_to_train={config.networks_to_train}: meta-learning trains '
                                  f'{", ".join(training.NETWORKS)} together')
-  return objective_config(config, fsth_setup.num_video_rows(config))
+  return objective_config(config, video_table.num_video_rows(config))
 
 
 def perceptual_params(config: config_lib.RunConfig, cfg: objective.StepConfig) -> Dict[str, Any]:
@@ -67,7 +67,7 @@ def pose_augmentation(config: config_lib.RunConfig, training_split: bool):
 
 def dummy_batch(config: config_lib.RunConfig) -> Dict[str, jax.Array]:
   """Zeros shaped like one global training batch of the input pipeline (video index, augmented pose)."""
-  batch = fsth_setup.dummy_batch(config)
+  batch = video_table.dummy_batch(config)
   s, b = config.model.image_size, config.batch_size
   return {**batch, 'pose_imgs': jnp.zeros((b, 1, s, s, 3))}
 
