@@ -2,6 +2,7 @@
 person's mean identity and trains, resumable after preemption to the uninterrupted losses, params the
 animator renders with the fine-tuned identity, the augmented batches, and one-line errors."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -9,7 +10,9 @@ import jax
 import numpy as np
 import pytest
 
+from bilayer_jax import config as config_lib
 from bilayer_jax import errors
+from bilayer_jax import evaluate
 from bilayer_jax import families
 from bilayer_jax import finetune
 from bilayer_jax import model_io
@@ -154,3 +157,20 @@ def test_the_command_rejects_train_adaptive_for_lpd_in_one_line(meta_params, tmp
                         capture_output=True, text=True, timeout=300, cwd=train_utils.REPO)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1].startswith('error: --train_adaptive trains FSTH')
+
+
+@pytest.mark.slow  # fine-tunes once per held-out video inside the protocol
+def test_evaluation_feed_forward_and_finetuned(tiny_lpd_run, demo_data_dir):
+  """eval.finetune_steps with LPD params: each held-out video's model fine-tuned on its K source frames (the
+  official fine-tuning), then the same protocol rows as feed-forward, pose/identity errors included."""
+  workdir, _ = tiny_lpd_run
+  config = config_lib.from_config_dict(train_utils.tiny_lpd_config(demo_data_dir))
+  base = dict(metrics=('l1', 'psnr'), max_targets=2, num_source_frames=2)
+  results = {}
+  for name, steps in (('ff', 0), ('ft', 2)):
+    ev = config_lib.EvalConfig(**base, finetune_steps=steps, name=f'lpd_{name}')
+    results[name] = evaluate.evaluate(dataclasses.replace(config, eval=ev), str(workdir), progress=False)
+  for result in results.values():
+    assert np.isfinite(result['self_reenactment']['summary']['psnr']) and result['pose_identity']['people'] == 2
+  assert results['ft']['model']['finetune_steps'] == 2
+  assert results['ft']['self_reenactment']['summary']['psnr'] != results['ff']['self_reenactment']['summary']['psnr']
