@@ -210,6 +210,7 @@ class EvalConfig:
   mask: str = 'ground_truth'  # 'ground_truth' | 'predicted' | 'none'
   enhance: str = 'auto'  # 'auto' (when the params have an enhancer) | 'true' | 'false'
   params: str = ''  # '' = WORKDIR's latest checkpoint/params; or a params dir or an original run dir
+  checkpoint_step: int = 0  # > 0: WORKDIR's checkpoint of this step instead of the latest
   original_epoch: str = ''  # with an original run dir: the checkpoint epoch (e.g. 2225)
   original_enh_run_dir: str = ''  # optional enhancer run dir of the original
   original_enh_epoch: str = ''

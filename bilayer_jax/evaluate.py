@@ -12,7 +12,8 @@ What is evaluated (first match):
      bilayer_jax.import_original` writes), or one of the ORIGINAL's run directories (args.txt +
      checkpoints/<epoch>_<net>.pth; set `eval.original_epoch`, and optionally
      `eval.original_enh_run_dir`/`eval.original_enh_epoch` for its texture enhancer);
-  2. WORKDIR's latest orbax checkpoint or WORKDIR/params, whichever is newer (stage 'both': WORKDIR/enhancer
+  2. `eval.checkpoint_step` > 0: WORKDIR's checkpoint of that step (learning curves, `bench/convergence.py`);
+  3. WORKDIR's latest orbax checkpoint or WORKDIR/params, whichever is newer (stage 'both': WORKDIR/enhancer
      before WORKDIR/base).
 Writes WORKDIR/eval/<name>/results.json, results.md and examples.png (source | target | prediction rows),
 each written to a temporary name and renamed (only process 0 writes).
@@ -93,6 +94,8 @@ def load_animator(config, workdir: str) -> Tuple[Any, str]:
           ev.params, ev.original_epoch, ev.original_enh_run_dir or None, ev.original_enh_epoch or None)
       return family.animator(cfg, variables['generator']), f'original run {ev.params} epoch {ev.original_epoch}'
     return families.animator_from_params(ev.params), f'params {ev.params}'
+  if ev.checkpoint_step:
+    return _checkpoint_of_step(family, config, workdir, ev.checkpoint_step)
   for stage_dir in _stage_dirs(config, workdir):
     step = _latest_step(stage_dir)
     params_dir = pathlib.Path(stage_dir) / 'params'
@@ -103,6 +106,23 @@ def load_animator(config, workdir: str) -> Tuple[Any, str]:
       return _from_checkpoint(family, config, stage_dir, step), f'{stage_dir} checkpoint step {step}'
   raise model_io.ParamsDirError(f'nothing to evaluate: {workdir} has no checkpoint or params, and eval.params is '
                                 'not set')
+
+
+def _checkpoint_of_step(family, config, workdir: str, step: int) -> Tuple[Any, str]:
+  """The animator of WORKDIR's checkpoint `step` (the first stage folder that has it)."""
+  available = []
+  for stage_dir in _stage_dirs(config, workdir):
+    if (pathlib.Path(stage_dir) / 'checkpoints').is_dir():
+      manager = checkpoints.make_manager(stage_dir, keep=1_000_000)
+      try:
+        steps = list(manager.all_steps())
+      finally:
+        manager.close()
+      if step in steps:
+        return _from_checkpoint(family, config, stage_dir, step), f'{stage_dir} checkpoint step {step}'
+      available += steps
+  raise model_io.ParamsDirError(f'eval.checkpoint_step={step}: no such checkpoint in {workdir} (it has steps '
+                                f'{sorted(available)})')
 
 
 def settings_from(config) -> protocol.Settings:
