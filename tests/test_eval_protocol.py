@@ -167,3 +167,20 @@ def test_cross_identity_and_per_video_results(data_dir, small_run):
 def test_unknown_split_names_the_dataset_and_its_splits(data_dir):
   with pytest.raises(ValueError, match=r"has no split 'validation' \(it has \['test', 'train', 'unseen'\]\)"):
     protocol.list_videos(data_dir, 'validation', demo.DEMO_DATASET_NAME)
+
+
+def test_one_checkpoint_of_a_run_by_its_step(tiny_base_run, data_dir, tmp_path):
+  """eval.checkpoint_step: that checkpoint of WORKDIR (learning curves), a one-line error for a missing step."""
+  workdir, _ = tiny_base_run
+  config = train_utils.tiny_config(data_dir)
+  config.eval.metrics = ('psnr',)
+  config.eval.max_targets = 2
+  config.eval.pose_identity = ''
+  config.eval.checkpoint_step = 2
+  config.eval.name = 'step2'
+  results = runner.evaluate(config, str(workdir), progress=False)
+  assert results['model']['evaluated'].endswith('checkpoint step 2')
+  assert np.isfinite(results['self_reenactment']['summary']['psnr'])
+  config.eval.checkpoint_step = 3
+  with pytest.raises(model_io.ParamsDirError, match=r'eval.checkpoint_step=3: no such checkpoint .* \[2, 4\]'):
+    runner.evaluate(config, str(workdir), progress=False)
