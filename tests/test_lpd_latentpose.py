@@ -94,5 +94,9 @@ def test_driver_crops_follow_the_crop_style(predictions):
   crops_from_landmarks = [crop for _, crop in marked.driver_crops(frames)]
   assert len(predictions) == 3 and all(c.shape == (64, 64, 3) for c in crops_from_landmarks)
   assert np.abs(crops[0].astype(int) - crops_from_landmarks[0].astype(int)).mean() > 5  # different rules
+  # Families that read keypoints (bi-layer, FSTH) trained on latent-pose data: the same crop, keypoints in it.
+  posed = list(boxed.driver_poses(frames))
+  np.testing.assert_array_equal(posed[0][2], crops[0])
+  assert posed[0][1].shape == (136,) and np.abs(posed[0][1]).max() < 1
   with pytest.raises(preprocess.OptionError, match="crop style 'square'"):
     preprocess.FacePreprocessor(64, crop_style='square')

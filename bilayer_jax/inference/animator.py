@@ -45,6 +45,12 @@ class Avatar:
     return {'texture': self.texture, 'adaptive': self.adaptive}
 
 
+def crop_style(info: Mapping[str, Any]) -> str:
+  """The crop rule of the data a params directory was trained on (`model_io.load_params`' info; params from
+  before the rule was recorded, or imported, are 'original')."""
+  return info.get('metadata', {}).get('crop_style', 'original')
+
+
 class PoseDriven:
   """What every family's animator shares: `composite` and `drive` on top of its own `render(avatar, poses)`,
   `preprocessor` and `chunk` (and `avatar.source.poses`, the fallback pose)."""
@@ -161,7 +167,8 @@ class Animator(PoseDriven):
   @classmethod
   def from_params(cls, params_dir: str, **kwargs) -> 'Animator':
     """From a bilayer_jax params directory (trained here, or imported with import_original)."""
-    cfg, variables, _ = model_io.load_params(params_dir)
+    cfg, variables, info = model_io.load_params(params_dir)
+    kwargs.setdefault('preprocessor', preprocess.FacePreprocessor(cfg.image_size, crop_style=crop_style(info)))
     try:
       return cls(cfg, variables['generator'], **kwargs)
     except model_io.ParamsDirError as e:

@@ -86,6 +86,8 @@ class FSTHAnimator(animator.PoseDriven):
     """From a params directory written by an fsth run."""
     cfg, variables, info = model_io.load_params(params_dir)
     kwargs.setdefault('finetuned', bool(info.get('metadata', {}).get('finetuned', False)))
+    kwargs.setdefault('preprocessor', preprocess.FacePreprocessor(cfg.image_size,
+                                                                  crop_style=animator.crop_style(info)))
     try:
       return cls(cfg, variables['generator'], **kwargs)
     except model_io.ParamsDirError as e:

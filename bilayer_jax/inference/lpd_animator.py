@@ -57,13 +57,10 @@ class LPDAnimator(animator.PoseDriven):
     preprocessor: detection/crop (FacePreprocessor at the model's size by default). chunk: frames per jit call.
     finetuned: render with the generator's fine-tuned `identity_embedding` (params written by
       bilayer_jax.finetune).
-    crop_style: the training data's crop rule (params metadata `crop_style`), for the default preprocessor:
-      'latentpose' crops drivers from the face detector's box alone, 'original' from landmarks.
   """
 
   def __init__(self, cfg: LPDConfig, variables: Mapping[str, Any],
-               preprocessor: Optional[preprocess.FacePreprocessor] = None, chunk: int = 8, finetuned: bool = False,
-               crop_style: str = 'original'):
+               preprocessor: Optional[preprocess.FacePreprocessor] = None, chunk: int = 8, finetuned: bool = False):
     params = variables.get('params', {})
     missing = [n for n in NETWORKS if n not in params]
     if missing:
@@ -74,7 +71,7 @@ class LPDAnimator(animator.PoseDriven):
     self.cfg = cfg
     self.has_enhancer = False
     self.variables = jax.device_put({c: {n: t[n] for n in NETWORKS if n in t} for c, t in variables.items()})
-    self.preprocessor = preprocessor or preprocess.FacePreprocessor(cfg.image_size, crop_style=crop_style)
+    self.preprocessor = preprocessor or preprocess.FacePreprocessor(cfg.image_size)
     self.chunk = chunk
     self.finetuned = finetuned
     self._identity_fn = jax.jit(functools.partial(self._identity, cfg))
@@ -86,7 +83,8 @@ class LPDAnimator(animator.PoseDriven):
     cfg, variables, info = model_io.load_params(params_dir)
     metadata = info.get('metadata', {})
     kwargs.setdefault('finetuned', bool(metadata.get('finetuned', False)))
-    kwargs.setdefault('crop_style', metadata.get('crop_style', 'original'))
+    # The training data's crop rule: 'latentpose' crops drivers from the face detector's box alone.
+    kwargs.setdefault('preprocessor', preprocess.FacePreprocessor(cfg.image_size, crop_style=animator.crop_style(info)))
     try:
       return cls(cfg, variables['generator'], **kwargs)
     except model_io.ParamsDirError as e:

@@ -232,14 +232,22 @@ class FacePreprocessor:
     crop = images.resize_bicubic(big_crop, self.image_size)  # unchanged when the sizes are equal
     return crop, normalise_keypoints(lms_in_crop, self.crop_size), big_crop
 
+  def _frame_box(self, frame: np.ndarray) -> Optional[np.ndarray]:
+    """The face detector's box of a frame's largest face, in its pixels, found on the frame as the latent-pose
+    crop sees it (downscaled to at most 1152 px), or None."""
+    small = crop_lib.limit_side(frame)
+    box = self.landmarks.detect_box(small)
+    return None if box is None else np.asarray(box, np.float64) * (frame.shape[1] / small.shape[1])
+
   def _box_crop(self, frame: np.ndarray) -> Optional[np.ndarray]:
     """The model-size uint8 latent-pose crop of a frame's largest face (its detector box only), or None."""
-    small = crop_lib.limit_side(images.to_rgb(np.asarray(frame)))
-    box = self.landmarks.detect_box(small)
+    frame = images.to_rgb(np.asarray(frame))
+    box = self._frame_box(frame)
     if box is None:
       return None
+    small = crop_lib.limit_side(frame)
     try:
-      big_crop, _ = crop_lib.crop_latentpose(small, box, self.crop_size)
+      big_crop, _ = crop_lib.crop_latentpose(small, box * (small.shape[1] / frame.shape[1]), self.crop_size)
     except ValueError:  # a degenerate box: no face
       return None
     return images.resize_bicubic(big_crop, self.image_size)
@@ -288,10 +296,11 @@ class FacePreprocessor:
     """
     for frame, lms in self.landmarks.detect_video(images.to_rgb(np.asarray(f)) for f in frames):
       crop = pose = None
-      if lms is not None:
+      box = self._frame_box(frame) if lms is not None and self.crop_style == 'latentpose' else None
+      if lms is not None and (box is not None or self.crop_style != 'latentpose'):
         try:
-          crop, pose, _ = self._crop(frame, lms)
-        except ValueError:  # degenerate landmarks: treat as no face
+          crop, pose, _ = self._crop(frame, lms, box)
+        except ValueError:  # degenerate landmarks or box: treat as no face
           pass
       if coverage is not None:
         coverage.add(pose is not None)
