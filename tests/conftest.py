@@ -82,9 +82,13 @@ def photo_file(tmp_path_factory) -> str:
 
 @pytest.fixture(scope='session')
 def demo_data_dir(tmp_path_factory) -> str:
-  """The demo dataset (built once per test process)."""
+  """The demo dataset, built once per test session: xdist workers share one folder (the build holds a file
+  lock, so one worker builds while the others wait)."""
   from data_prep import demo  # pylint: disable=g-import-not-at-top
-  return demo.ensure_demo_dataset(str(tmp_path_factory.mktemp('demo_data')))
+  base = tmp_path_factory.getbasetemp()
+  root = (base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base) / 'shared_demo_data'
+  root.mkdir(exist_ok=True)
+  return demo.ensure_demo_dataset(str(root))
 
 
 @pytest.fixture(scope='session')

@@ -134,10 +134,12 @@ def test_run_py_user_errors_are_one_line_and_write_nothing(data_dir, tmp_path):
            '--config.log.eval_every_steps=-1': 'config.log.eval_every_steps=-1',
            '--config.bach_size=4': 'names no such field',
            '--config.init_from=/nonexistent': 'config.init_from=',
-           '--config.data.name=talking_heads/none': "no prepared dataset 'talking_heads/none'"}
+           '--config.data.name=talking_heads/none': "data.name 'talking_heads/none' with data.demo: expected one of",
+           '--config.data.demo=False --config.data.name=talking_heads/none':
+               "no prepared dataset 'talking_heads/none'"}
   for flag, expected in cases.items():
     workdir = tmp_path / 'w'
-    run = subprocess.run(_run_py(workdir, data_dir, 4) + [flag], env=_ENV, capture_output=True, text=True,
+    run = subprocess.run(_run_py(workdir, data_dir, 4) + flag.split(), env=_ENV, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == errors.EXIT_USER_ERROR, (flag, run.stderr[-3000:])
     assert 'Traceback' not in run.stderr and 'error: ' in run.stderr and expected in run.stderr, run.stderr[-3000:]

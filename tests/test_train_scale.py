@@ -109,9 +109,9 @@ def test_two_processes_train_together_and_agree(tmp_path, demo_data_dir):
     assert r['end_step'] == 4 and sorted(r['metrics']) == ['1', '2', '3', '4']
   assert results[0]['metrics'] == results[1]['metrics']  # global values: bit-identical on both hosts
   assert results[0]['eval'] == results[1]['eval']
-  # The evaluation protocol: host 0 evaluates the demo's one test video, host 1 none; both get all frames.
+  # The evaluation protocol: host 0 evaluates the demo's first test video, host 1 the second; both get all frames.
   assert results[0]['protocol'] == results[1]['protocol']
-  assert results[0]['protocol']['summary']['frames'] == 4 and np.isfinite(results[0]['protocol']['summary']['psnr'])
+  assert results[0]['protocol']['summary']['frames'] == 8 and np.isfinite(results[0]['protocol']['summary']['psnr'])
   assert (workdir / 'eval').is_dir()
   assert all(np.isfinite(v) for m in results[0]['metrics'].values() for v in m.values())
   # A corrupt latest checkpoint: both hosts fall back to the same step, and it is set aside once.
