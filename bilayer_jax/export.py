@@ -121,15 +121,9 @@ def check_poses(poses: np.ndarray, batch: int = 1, count: int = 16) -> np.ndarra
 
 def write_torchscript(net, path: os.PathLike) -> pathlib.Path:
   """The folded per-frame network as a TorchScript file of `torch_frame_net.FrameNet` (atomic write)."""
-  import torch  # pylint: disable=g-import-not-at-top
   from bilayer_jax.inference import torch_frame_net  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(path)
-  module = torch.jit.script(torch_frame_net.FrameNet.from_folded(net))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.name}.tmp')
-  torch.jit.save(module, str(tmp))
-  tmp.replace(path)
-  return path
+  from bilayer_jax.inference import torchscript_io  # pylint: disable=g-import-not-at-top
+  return torchscript_io.save_scripted(torch_frame_net.FrameNet.from_folded(net), path)
 
 
 def run_torchscript(path: os.PathLike):

@@ -247,12 +247,10 @@ class Processor:
     size = self.options.image_size
     if self.options.crop_style == 'original':
       return crop_lib.crop_face(frame, lms, size)
-    small = crop_lib.limit_side(frame)
-    box = self.landmarks.detect_box(small)
-    if box is None:
+    try:
+      return crop_lib.crop_latentpose_frame(frame, size, self.landmarks.detect_box, lms)
+    except ValueError:  # a degenerate box: no face box
       return None
-    ratio = np.float32(small.shape[1] / frame.shape[1])
-    return crop_lib.crop_latentpose(small, box, size, landmarks=np.asarray(lms, np.float32)[:, :2] * ratio)
 
   def _import_original(self, seq: sources.Sequence, acc: '_Accumulator'):
     """Frames of the original's layout: no detection, optional resize."""

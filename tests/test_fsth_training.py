@@ -16,21 +16,18 @@ import optax
 import pytest
 
 from bilayer_jax import config as config_lib
-from bilayer_jax import drive as drive_cli
-from bilayer_jax import errors
 from bilayer_jax import export as export_cli
 from bilayer_jax import families
 from bilayer_jax import model_io
-from bilayer_jax.data import samples
 from bilayer_jax.families.fsth import objective
 from bilayer_jax.families.fsth import setup
 from bilayer_jax.families.fsth import training
 from bilayer_jax.inference import fsth_animator
 from bilayer_jax.inference import preprocess
-from bilayer_jax.inference import video
 from bilayer_jax.train import config_checks
 from bilayer_jax.train import loop
 
+import drive_utils  # pylint: disable=g-bad-import-order
 import train_utils  # pylint: disable=g-bad-import-order  (puts the repo on sys.path)
 from configs import fsth as fsth_configs  # pylint: disable=g-bad-import-order
 from configs import fsth_demo
@@ -199,15 +196,7 @@ def test_row_sharded_table_over_8_devices_equals_one_device(tmp_path):
 def test_drive_animates_a_photo_with_an_fsth_model(fsth_run, photo_file, tmp_path):
   """The drive command end to end with an FSTH params directory: photo -> embedding -> driven mp4."""
   workdir, _ = fsth_run
-  out = tmp_path / 'driven.mp4'
-  summary = drive_cli.drive(str(workdir / 'params'), photo_file, samples.carphone_path(), str(out), max_frames=5,
-                            progress=False, side_by_side=True)
-  assert summary['frames'] == 5 and not summary['enhanced'] and out.stat().st_size > 1000
-  frames = list(video.read_video(out))
-  assert len(frames) == 5 and frames[0].shape[1] == 3 * frames[0].shape[0]  # source | driver | result
-  with pytest.raises(errors.InvalidArgumentError, match='no texture enhancer'):
-    drive_cli.drive(str(workdir / 'params'), photo_file, samples.carphone_path(), str(tmp_path / 'x.mp4'),
-                    max_frames=2, progress=False, enhance=True)
+  drive_utils.check_drive_without_enhancer(str(workdir / 'params'), photo_file, tmp_path)
 
 
 def test_tflite_export_of_a_person_matches_jax(fsth_run, photo_file, tmp_path):

@@ -56,3 +56,19 @@ def test_bad_boxes_and_large_inputs():
   big = np.zeros((1500, 2304, 3), np.uint8)
   assert crop_lib.limit_side(big).shape == (750, 1152, 3)
   assert crop_lib.limit_side(image) is image
+
+
+def test_the_whole_frame_step_detects_on_the_limited_frame():
+  """crop_latentpose_frame: the detector sees the frame limited to 1152 px and the crop is cut from that;
+  landmarks given in pixels of the full frame move with it; no box, no crop."""
+  rng = np.random.default_rng(1)
+  frame = rng.integers(0, 256, (1200, 2304, 3), dtype=np.uint8)
+  seen = []
+  detect = lambda image: seen.append(image.shape) or np.array([500.0, 200.0, 700.0, 420.0])
+  crop, moved = crop_lib.crop_latentpose_frame(frame, 96, detect, landmarks=np.array([[1200.0, 620.0]] * 68))
+  assert seen == [(600, 1152, 3)]
+  expected, expected_lms = crop_lib.crop_latentpose(crop_lib.limit_side(frame), detect(frame), 96,
+                                                    landmarks=np.array([[600.0, 310.0]] * 68))
+  np.testing.assert_array_equal(crop, expected)
+  np.testing.assert_allclose(moved, expected_lms, rtol=1e-6)
+  assert crop_lib.crop_latentpose_frame(frame, 96, lambda image: None) is None

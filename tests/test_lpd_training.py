@@ -14,22 +14,20 @@ import numpy as np
 import pytest
 
 from bilayer_jax import config as config_lib
-from bilayer_jax import drive as drive_cli
 from bilayer_jax import errors
 from bilayer_jax import families
 from bilayer_jax import model_io
 from bilayer_jax.data import input_pipeline
-from bilayer_jax.data import samples
 from bilayer_jax.families.lpd import objective
 from bilayer_jax.families.lpd import setup
 from bilayer_jax.families.lpd import training
 from bilayer_jax.inference import lpd_animator
 from bilayer_jax.inference import preprocess
-from bilayer_jax.inference import video
 from bilayer_jax.train import config_checks
 from bilayer_jax.train import loop
 from configs import lpd as lpd_configs
 
+import drive_utils
 import train_utils
 
 TINY = train_utils.TINY_LPD
@@ -235,12 +233,4 @@ def test_drive_animates_a_photo_with_an_lpd_model(lpd_run, photo_file, tmp_path)
   """The drive command end to end with an LPD params directory: photo -> identity vector -> mp4 posed by the
   driver's face crops."""
   workdir, _ = lpd_run
-  out = tmp_path / 'driven.mp4'
-  summary = drive_cli.drive(str(workdir / 'params'), photo_file, samples.carphone_path(), str(out), max_frames=5,
-                            progress=False, side_by_side=True)
-  assert summary['frames'] == 5 and not summary['enhanced'] and out.stat().st_size > 1000
-  frames = list(video.read_video(out))
-  assert len(frames) == 5 and frames[0].shape[1] == 3 * frames[0].shape[0]  # source | driver | result
-  with pytest.raises(errors.InvalidArgumentError, match='no texture enhancer'):
-    drive_cli.drive(str(workdir / 'params'), photo_file, samples.carphone_path(), str(tmp_path / 'x.mp4'),
-                    max_frames=2, progress=False, enhance=True)
+  drive_utils.check_drive_without_enhancer(str(workdir / 'params'), photo_file, tmp_path)

@@ -165,3 +165,23 @@ def crop_latentpose(image: np.ndarray, face_box, size: int,
     return crop, None
   pts = (np.asarray(landmarks, np.float32)[:, :2] - np.float32([left, top])) * np.float32(size / (right - left))
   return crop, pts.astype(np.float32)
+
+
+def crop_latentpose_frame(frame: np.ndarray, size: int, detect_box,
+                          landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None] | None:
+  """The official tool's whole per-frame step: the frame limited to 1152 px, the face detector's box found on
+  that, the crop; `crop_latentpose`'s result, or None when the detector finds no face.
+
+  Args:
+    frame: uint8 RGB frame of any size.
+    size: side of the output crop.
+    detect_box: image -> x0, y0, x1, y1 of its largest face or None (`LandmarkBackend.detect_box`).
+    landmarks: optional (68, 2) landmarks in pixels of `frame`, moved with the crop.
+  """
+  small = limit_side(frame)
+  box = detect_box(small)
+  if box is None:
+    return None
+  ratio = np.float32(small.shape[1] / frame.shape[1])
+  moved = None if landmarks is None else np.asarray(landmarks, np.float32)[:, :2] * ratio
+  return crop_latentpose(small, box, size, landmarks=moved)

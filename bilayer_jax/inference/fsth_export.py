@@ -46,18 +46,9 @@ def export_tflite(animator: fsth_animator.FSTHAnimator, avatar: fsth_animator.FS
   Raises:
     tflite_export.ExportError: int8 without representative sketches, or an unknown quantisation.
   """
-  tf = tflite_export._tf()  # pylint: disable=protected-access
   s = animator.cfg.image_size
-  if quantize == 'int8' and (representative_sketches is None or len(representative_sketches) < batch):
-    raise tflite_export.ExportError('--quantize int8 needs representative sketches (a driving video)')
-  forward = frame_function(animator, avatar)
-
-  def representative():
-    for i in range(0, len(representative_sketches) - batch + 1, batch):
-      yield [np.asarray(representative_sketches[i:i + batch], np.float32)]
-
-  specs = [tf.TensorSpec((batch, s, s, 3), tf.float32, name='sketches')]
-  model = tflite_export.convert_function(forward, specs, quantize, representative if quantize == 'int8' else None)
+  model = tflite_export.convert_image_function(frame_function(animator, avatar), 'sketches', batch, s, quantize,
+                                               representative_sketches)
   contract = {
       'model': 'bilayer_jax FSTH per-frame generator (baked person)', 'quantize': quantize,
       'inputs': [{'name': 'sketches', 'shape': [batch, s, s, 3], 'dtype': 'float32', 'range': '[-1, 1]',

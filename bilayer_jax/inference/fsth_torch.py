@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bilayer_jax.inference import fsth_animator
+from bilayer_jax.inference import torchscript_io
 from bilayer_jax.models.fsth import blocks
 from bilayer_jax.models.fsth.config import FSTHConfig
 
@@ -34,24 +35,13 @@ def _effective_kernel(params, spectral) -> np.ndarray:
 
 def write_torchscript(animator, avatar, path) -> 'pathlib.Path':
   """The person's generator as a TorchScript file (written to a temporary name, then renamed)."""
-  path = pathlib.Path(path)
-  module = torch.jit.script(FSTHFrameNet.from_arrays(baked_arrays(animator, avatar), animator.cfg))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.name}.tmp')
-  torch.jit.save(module, str(tmp))
-  tmp.replace(path)
-  return path
+  return torchscript_io.save_scripted(FSTHFrameNet.from_arrays(baked_arrays(animator, avatar), animator.cfg), path)
 
 
 def run_torchscript(path):
   """A callable sketches (N, S, S, 3) -> images (N, S, S, 3) of a file written by `write_torchscript`."""
-  module = torch.jit.load(str(path))
-
-  def run(sketches: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-      nchw = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(sketches, np.float32), -1, 1)))
-      return module(nchw).permute(0, 2, 3, 1).numpy()
-  return run
+  runner = torchscript_io.image_runner(path)
+  return lambda sketches: runner(sketches)[0]
 
 
 def baked_arrays(animator, avatar) -> Dict[str, np.ndarray]:

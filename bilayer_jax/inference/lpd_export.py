@@ -223,19 +223,10 @@ def export_tflite(animator: lpd_animator.LPDAnimator, avatar: lpd_animator.LPDAv
   Raises:
     tflite_export.ExportError: int8 without representative crops, or an unknown quantisation.
   """
-  tf = tflite_export._tf()  # pylint: disable=protected-access
   cfg, s = animator.cfg, animator.cfg.image_size
-  if quantize == 'int8' and (representative_crops is None or len(representative_crops) < batch):
-    raise tflite_export.ExportError('--quantize int8 needs representative crops (a driving video)')
   arrays = fold(animator, avatar)
-
-  def representative():
-    for i in range(0, len(representative_crops) - batch + 1, batch):
-      yield [np.asarray(representative_crops[i:i + batch], np.float32)]
-
-  specs = [tf.TensorSpec((batch, s, s, 3), tf.float32, name='crops')]
-  model = tflite_export.convert_function(lambda crops: frame_forward(cfg, arrays, crops), specs, quantize,
-                                         representative if quantize == 'int8' else None)
+  model = tflite_export.convert_image_function(lambda crops: frame_forward(cfg, arrays, crops), 'crops', batch, s,
+                                               quantize, representative_crops)
   contract = {
       'model': 'bilayer_jax LPD per-frame network (baked person)', 'quantize': quantize,
       'inputs': [{'name': 'crops', 'shape': [batch, s, s, 3], 'dtype': 'float32', 'range': '[-1, 1]',

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bilayer_jax.inference import lpd_export
+from bilayer_jax.inference import torchscript_io
 from bilayer_jax.models.lpd.config import LPDConfig
 
 
@@ -144,22 +145,14 @@ class LPDFrameNet(torch.nn.Module):
 
 def write_torchscript(animator, avatar, path) -> pathlib.Path:
   """The person's folded network as a TorchScript file (written to a temporary name, then renamed)."""
-  path = pathlib.Path(path)
-  module = torch.jit.script(LPDFrameNet(lpd_export.fold(animator, avatar), animator.cfg).eval())
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.name}.tmp')
-  torch.jit.save(module, str(tmp))
-  tmp.replace(path)
-  return path
+  return torchscript_io.save_scripted(LPDFrameNet(lpd_export.fold(animator, avatar), animator.cfg), path)
 
 
 def run_torchscript(path):
   """A callable crops (N, S, S, 3) -> {'image': (N, S, S, 3), 'mask': (N, S, S, 1)} of a written file."""
-  module = torch.jit.load(str(path))
+  runner = torchscript_io.image_runner(path)
 
   def run(crops: np.ndarray) -> Dict[str, np.ndarray]:
-    with torch.no_grad():
-      nchw = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(crops, np.float32), -1, 1)))
-      image, mask = module(nchw)
-    return {'image': image.permute(0, 2, 3, 1).numpy(), 'mask': mask.permute(0, 2, 3, 1).numpy()}
+    image, mask = runner(crops)
+    return {'image': image, 'mask': mask}
   return run

@@ -220,37 +220,36 @@ class FacePreprocessor:
 
   def _crop(self, image: np.ndarray, lms: np.ndarray, box: Optional[np.ndarray] = None
             ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(model-size uint8 crop, (136,) keypoints, crop at crop_size) for an image, its landmarks and (style
-    'latentpose') the face detector's box."""
-    if self.crop_style == 'latentpose':
+    """(model-size uint8 crop, (136,) keypoints, crop at crop_size) for an image and its landmarks. Style
+    'latentpose' crops around `box` (the face detector's, in pixels of the image), or, without one, the box
+    the detector finds as the official tool does.
+
+    Raises:
+      ValueError: degenerate landmarks or box, or (latentpose, no box given) no face found by the detector.
+    """
+    if self.crop_style != 'latentpose':
+      big_crop, lms_in_crop = crop_lib.crop_face(image, lms, self.crop_size)
+    elif box is None:
+      cut = crop_lib.crop_latentpose_frame(image, self.crop_size, self.landmarks.detect_box, lms)
+      if cut is None:
+        raise ValueError('the face detector found no face')
+      big_crop, lms_in_crop = cut
+    else:
       small = crop_lib.limit_side(image)
       ratio = small.shape[1] / image.shape[1]
       big_crop, lms_in_crop = crop_lib.crop_latentpose(small, np.asarray(box) * ratio, self.crop_size,
                                                        landmarks=np.asarray(lms, np.float32)[:, :2] * ratio)
-    else:
-      big_crop, lms_in_crop = crop_lib.crop_face(image, lms, self.crop_size)
     crop = images.resize_bicubic(big_crop, self.image_size)  # unchanged when the sizes are equal
     return crop, normalise_keypoints(lms_in_crop, self.crop_size), big_crop
 
-  def _frame_box(self, frame: np.ndarray) -> Optional[np.ndarray]:
-    """The face detector's box of a frame's largest face, in its pixels, found on the frame as the latent-pose
-    crop sees it (downscaled to at most 1152 px), or None."""
-    small = crop_lib.limit_side(frame)
-    box = self.landmarks.detect_box(small)
-    return None if box is None else np.asarray(box, np.float64) * (frame.shape[1] / small.shape[1])
-
   def _box_crop(self, frame: np.ndarray) -> Optional[np.ndarray]:
     """The model-size uint8 latent-pose crop of a frame's largest face (its detector box only), or None."""
-    frame = images.to_rgb(np.asarray(frame))
-    box = self._frame_box(frame)
-    if box is None:
-      return None
-    small = crop_lib.limit_side(frame)
     try:
-      big_crop, _ = crop_lib.crop_latentpose(small, box * (small.shape[1] / frame.shape[1]), self.crop_size)
+      cut = crop_lib.crop_latentpose_frame(images.to_rgb(np.asarray(frame)), self.crop_size,
+                                           self.landmarks.detect_box)
     except ValueError:  # a degenerate box: no face
       return None
-    return images.resize_bicubic(big_crop, self.image_size)
+    return None if cut is None else images.resize_bicubic(cut[0], self.image_size)
 
   def source(self, photo: np.ndarray, name: str = 'source photo', face_index: Optional[int] = None,
              face_box: Optional[FaceBox] = None) -> SourceInputs:
@@ -296,11 +295,10 @@ class FacePreprocessor:
     """
     for frame, lms in self.landmarks.detect_video(images.to_rgb(np.asarray(f)) for f in frames):
       crop = pose = None
-      box = self._frame_box(frame) if lms is not None and self.crop_style == 'latentpose' else None
-      if lms is not None and (box is not None or self.crop_style != 'latentpose'):
+      if lms is not None:
         try:
-          crop, pose, _ = self._crop(frame, lms, box)
-        except ValueError:  # degenerate landmarks or box: treat as no face
+          crop, pose, _ = self._crop(frame, lms)
+        except ValueError:  # degenerate landmarks, or no or a degenerate box: treat as no face
           pass
       if coverage is not None:
         coverage.add(pose is not None)

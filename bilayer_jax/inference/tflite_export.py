@@ -113,6 +113,26 @@ _SCATTER_REGION_OPS = {'ADD': 'STABLEHLO_ADD', 'MUL': 'STABLEHLO_MULTIPLY', 'MAX
                        'MINIMUM': 'STABLEHLO_MINIMUM'}
 
 
+def convert_image_function(fn: Callable, name: str, batch: int, size: int, quantize: str,
+                           representative_images: Optional[np.ndarray] = None) -> bytes:
+  """TFLite bytes of a per-frame function of one (batch, size, size, 3) float32 image input named `name` (the
+  FSTH and LPD per-frame networks); int8 is calibrated on `representative_images`, `batch` at a time.
+
+  Raises:
+    ExportError: int8 without at least `batch` representative images, or an unknown quantisation.
+  """
+  tf = _tf()
+  if quantize == 'int8' and (representative_images is None or len(representative_images) < batch):
+    raise ExportError(f'--quantize int8 needs representative {name} (a driving video)')
+
+  def representative():
+    for i in range(0, len(representative_images) - batch + 1, batch):
+      yield [np.asarray(representative_images[i:i + batch], np.float32)]
+
+  specs = [tf.TensorSpec((batch, size, size, 3), tf.float32, name=name)]
+  return convert_function(fn, specs, quantize, representative if quantize == 'int8' else None)
+
+
 def _runnable_scatter_regions(model: bytes) -> bytes:
   """Rewrites the update regions of the model's STABLEHLO_SCATTER ops so that LiteRT can run them.
 
