@@ -101,6 +101,7 @@ def test_import_and_export_round_trip(run_dir, tmp_path):
   assert info['family'] == 'lpd' and cfg == lpd_utils.CFG  # torchvision widths read from the shapes
   metadata = info['metadata']
   assert metadata['iteration'] == 1234 and not metadata['finetuned'] and metadata['checkpoint'].endswith('1234.pth')
+  assert metadata['crop_style'] == 'latentpose'  # the official data's crop: drivers are cropped by face boxes
   imported = _params_states(variables)
   for net in GENERATOR_SIDE:  # the EMA, as drive.py renders with
     _assert_states_equal(imported[net], ema[net], net)

@@ -256,8 +256,10 @@ def import_run(meta_path: os.PathLike, epoch: Optional[str] = None, finetuned_pa
     for collection, tree in per_network[net].items():
       generator_side.setdefault(collection, {})[net] = tree
   name = NAME.fullmatch(path.name)
+  # The official models are trained and driven on its face-box crop (docs/lpd.md#crop): inference crops so.
   metadata = {'imported_from_reference': 'lpd', 'checkpoint': str(path), 'finetuned': finetuned,
-              'iteration': int(args.get('iteration', int(name.group(1)) if name else 0)), 'weights': sources}
+              'iteration': int(args.get('iteration', int(name.group(1)) if name else 0)), 'weights': sources,
+              'crop_style': 'latentpose'}
   return cfg, {'generator': generator_side, 'discriminator': per_network['discriminator']}, metadata
 
 
