@@ -25,6 +25,10 @@ from bilayer_jax.families.lpd import objective
 import fixture_utils
 import lpd_utils
 
+# One xdist worker runs the module (pyproject: --dist loadgroup), so the float64 meta-iteration fixture
+# (about 2 minutes) is computed once rather than on each worker.
+pytestmark = pytest.mark.xdist_group('lpd_step')
+
 
 @pytest.fixture(scope='module')
 def reference():
