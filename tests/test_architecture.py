@@ -21,13 +21,13 @@ LAYERS = {
     'bilayer_jax.face': 2,
     'bilayer_jax.train': 3, 'bilayer_jax.inference': 3, 'bilayer_jax.evaluators': 3, 'bilayer_jax.families': 3,
     'bilayer_jax.evaluate': 4, 'bilayer_jax.drive': 4, 'bilayer_jax.export': 4,
-    'bilayer_jax.import_original': 4, 'bilayer_jax.parity': 4, 'bilayer_jax.finetune': 4,
-    'bilayer_jax.colab': 4, 'data_prep': 4, 'configs': 4, 'run': 4, 'bench': 4,
+    'bilayer_jax.import_original': 4, 'bilayer_jax.parity': 4, 'bilayer_jax.finetune': 4, 'bilayer_jax.strip': 4,
+    'bilayer_jax.colab': 4, 'bilayer_jax.app': 4, 'data_prep': 4, 'configs': 4, 'run': 4, 'bench': 4,
 }
 LIBRARIES = ('bilayer_jax.train', 'bilayer_jax.inference', 'bilayer_jax.evaluators', 'bilayer_jax.families')
 # Shared code that reaches a model only through the family registry (`bilayer_jax.families` and its `base`).
 SHARED = ('bilayer_jax.train', 'bilayer_jax.evaluate', 'bilayer_jax.drive', 'bilayer_jax.export',
-          'bilayer_jax.import_original')
+          'bilayer_jax.import_original', 'bilayer_jax.strip')
 # Within bilayer_jax, only entry points use the dataset tool, to build the demo dataset on demand as run.py
 # does (data_prep.demo.prepare): the evaluation command and the notebook workflows.
 DATA_PREP_USERS_IN_THE_PACKAGE = {('bilayer_jax.colab.workflows', 'data_prep.demo'),

@@ -50,7 +50,7 @@ def test_readme_links_every_notebook():
     assert re.search(rf'\[!\[Open in Colab\]\([^)]+\)\]\({re.escape(_badge(name))}\)', readme), name
 
 
-def _execute(name, tmp_path, **parameters):
+def execute(name, tmp_path, **parameters):
   out = tmp_path / f'{name}.out.ipynb'
   try:
     papermill.execute_notebook(str(COLABS / f'{name}.ipynb'), str(out), parameters=parameters,
@@ -74,19 +74,20 @@ def test_notebooks_run_headless(tmp_path, monkeypatch, fixtures_dir, enh_run_dir
   monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
   workdir = tmp_path / 'colab'
 
-  text = _execute('demo', tmp_path, WORKDIR=str(workdir), OFFICIAL_RUN_DIR=str(fixtures_dir), OFFICIAL_EPOCH='1',
+  text = execute('demo', tmp_path, WORKDIR=str(workdir), OFFICIAL_RUN_DIR=str(fixtures_dir), OFFICIAL_EPOCH='1',
                   OFFICIAL_ENH_RUN_DIR=str(enh_run_dir), OFFICIAL_ENH_EPOCH='1')
   assert 'smoke mode' in text and 'training the demo model' in text
-  assert (workdir / 'demo.mp4').stat().st_size > 0 and (workdir / 'official.mp4').stat().st_size > 0
+  for name in ('demo.mp4', 'official.mp4', 'official_no_enhancer.mp4'):
+    assert (workdir / name).stat().st_size > 0, name
   assert json.loads((workdir / 'official_params' / 'config.json').read_text())['metadata']['imported_from']
 
-  text = _execute('export', tmp_path, WORKDIR=str(workdir))
+  text = execute('export', tmp_path, WORKDIR=str(workdir))
   assert 'using the demo model trained earlier' in text
   for name in ('avatar_fp32.tflite', 'avatar_fp32.json', 'avatar_int8.tflite', 'avatar.pt'):
     assert (workdir / 'export' / name).stat().st_size > 0, name
   assert 'TFLite: image (1, 64, 64, 3) mask (1, 64, 64, 1)' in text
 
-  text = _execute('train', tmp_path, WORKDIR=str(workdir / 'train'))
+  text = execute('train', tmp_path, WORKDIR=str(workdir / 'train'))
   assert 'base stage: initialised from scratch; trained steps 0 -> 4' in text
   assert 'base stage: resumed from this workdir at step 4; trained steps 4 -> 6' in text
   assert 'enhancer stage: initialised' in text
@@ -102,7 +103,7 @@ def test_the_training_notebook_trains_the_fsth_family(tmp_path, monkeypatch, dem
   monkeypatch.setenv('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
   monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
   workdir = tmp_path / 'train'
-  text = _execute('train', tmp_path, WORKDIR=str(workdir), FAMILY='fsth')
+  text = execute('train', tmp_path, WORKDIR=str(workdir), FAMILY='fsth')
   assert 'meta stage: initialised from scratch; trained steps 0 -> 4' in text
   assert 'meta stage: resumed from this workdir at step 4; trained steps 4 -> 6' in text
   assert 'enhancer stage' not in text

@@ -65,3 +65,12 @@ def test_command_writes_the_png(params_dir, photo_file, tmp_path):
   error_lines = [line for line in bad.stderr.splitlines() if line.startswith('error:')]
   assert bad.returncode == errors.EXIT_USER_ERROR and 'Traceback' not in bad.stderr
   assert len(error_lines) == 1 and 'missing.jpg' in error_lines[0] and not (tmp_path / 'x.png').exists()
+
+
+def test_notebook_strip_follows_the_runtime(params_dir, photo_file):
+  """The demo notebook's picture: at most as many driver frames as the runtime animates."""
+  from bilayer_jax.colab import runtime  # pylint: disable=g-import-not-at-top
+  from bilayer_jax.colab import workflows  # pylint: disable=g-import-not-at-top
+  rt = runtime.Runtime('cpu', 'CPU', 1, False, True, runtime.sizes_for('cpu', 1, smoke=True))
+  picture = workflows.results_strip(params_dir, photo_file, samples.carphone_path(), rt, frames=50)
+  assert picture.shape[1] == (rt.sizes.driver_frames + 1) * 128

@@ -37,6 +37,11 @@ def show_images(images: Sequence[np.ndarray], titles: Optional[Sequence[str]] = 
   plt.close(fig)
 
 
+def show_picture(image: np.ndarray) -> None:
+  """A uint8 RGB image at its own pixel size (a results strip: matplotlib would shrink its labels)."""
+  _ipython_display(Image.fromarray(np.asarray(image, np.uint8)))
+
+
 def video_html(path: os.PathLike, width: int = 640) -> str:
   """An HTML5 player with the mp4 embedded (works in Colab, Jupyter and exported notebooks)."""
   with open(path, 'rb') as f:

@@ -164,6 +164,16 @@ def animate(params: str, photo: str, driver: str, out: os.PathLike, runtime: run
   return summary
 
 
+def results_strip(params: str, photo: str, driver: str, runtime: runtime_lib.Runtime, frames: int = 5,
+                  enhance: Optional[bool] = None) -> np.ndarray:
+  """The README's picture for this photo and driver (`python -m bilayer_jax.strip`): the source crop, `frames`
+  driver crops evenly spaced over the animated frames, and the renders."""
+  from bilayer_jax import strip  # pylint: disable=g-import-not-at-top
+  count = min(frames, runtime.sizes.driver_frames)
+  return strip.make_strip(params, photo, driver, driver_end=runtime.sizes.driver_frames, frames=count,
+                          enhance=enhance)
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike, params: str,
              runtime: runtime_lib.Runtime, metrics: str = 'l1,psnr,ssim,lpips', finetune: bool = False
              ) -> Dict[str, Any]:
