@@ -13,9 +13,15 @@ Driver frames without a face reuse the last pose; a driver where no frame, or mo
 --max_faceless_fraction of them, has a face is an error. Writes an H.264 mp4 (only once complete: on any
 error nothing is written) and prints a per-stage timing summary: source detection + avatar init (once),
 driver detection and the per-frame render (per frame). User errors print one line `error: ...` and exit 2.
+
+From Python, `drive()` also takes an animator of `load_animator()` in place of the directory (the web app,
+bilayer_jax/app.py, loads and compiles one model and drives every request with it) and reports its stages
+to an `on_progress(fraction or None, message)` callback.
 """
 
+import os
 import time
+from typing import Callable, Optional
 
 from absl import flags
 import numpy as np
@@ -70,38 +76,63 @@ def parse_background(value: str):
   return video.read_image(value)
 
 
-def _avatar(params: str, photo: np.ndarray, source: str, timings: dict, *, enhance, landmarks: str,
-            segmentation: str, detector: str, chunk: int, face_index, face_box):
-  """(animator, preprocessed source, avatar) with the per-frame function compiled; fills `timings`."""
-  start = time.perf_counter()
+def load_animator(params: str, *, landmarks: str = 'auto', segmentation: str = 'mediapipe_selfie',
+                  detector: str = 'hog', chunk: int = 8):
+  """The animator of a params directory (any family) with the chosen landmark, segmentation and face
+  detector backends; `drive` reuses it when given it in place of the directory."""
   anim = families.animator_from_params(params, chunk=chunk)
   anim.preprocessor = preprocess.FacePreprocessor(anim.cfg.image_size, landmarks, segmentation, detector=detector,
                                                   crop_style=anim.preprocessor.crop_style)
-  timings['load'] = time.perf_counter() - start
+  return anim
+
+
+def _avatar(anim, photo: np.ndarray, source: str, timings: dict, report: Callable, *, enhance, face_index,
+            face_box):
+  """(preprocessed source, avatar) with the per-frame function compiled; fills `timings`."""
+  report(0.0, 'finding the face and building the avatar')
   start = time.perf_counter()
   inputs = anim.preprocessor.source(photo, name=source, face_index=face_index, face_box=face_box)
   timings['source detect+crop+mask'] = time.perf_counter() - start
   start = time.perf_counter()
   avatar = anim.init_avatar(inputs, enhance=enhance)
   timings['avatar init (incl. compile)'] = time.perf_counter() - start
+  report(0.0, 'compiling the renderer')
   start = time.perf_counter()
   # Compiles the per-frame function once, on what this family renders from (keypoints, or LPD's face crop).
   anim.render(avatar, anim._source_pose(avatar)[None])  # pylint: disable=protected-access
   timings['render compile'] = time.perf_counter() - start
-  return anim, inputs, avatar
+  return inputs, avatar
 
 
-def drive(params: str, source: str, driver: str, out: str, *, side_by_side: bool = False, enhance=None,
+def _frame_reporter(report: Callable, total: Optional[int]) -> Callable[[int], None]:
+  """report(done / total, 'rendering frame done of total') after each frame (no fraction if total is unknown)."""
+  def frame_done(done: int) -> None:
+    if total:
+      report(min(done / total, 1.0), f'rendering frame {done} of {total}')
+    else:
+      report(None, f'rendering frame {done}')
+  return frame_done
+
+
+def drive(params, source: str, driver: str, out: str, *, side_by_side: bool = False, enhance=None,
           background='255,255,255', landmarks: str = 'auto', segmentation: str = 'mediapipe_selfie',
           display_size: int = 256, max_frames=None, chunk: int = 8, progress: bool = True, face_index=None,
           face_box=None, detector: str = 'hog',
-          max_faceless_fraction: float = preprocess.DEFAULT_MAX_FACELESS_FRACTION) -> dict:
+          max_faceless_fraction: float = preprocess.DEFAULT_MAX_FACELESS_FRACTION,
+          on_progress: Optional[Callable[[Optional[float], str], None]] = None) -> dict:
   """Runs the whole drive job; returns the timing summary (seconds), counts and the faces of the photo.
+
+  Args:
+    params: a params directory, or an animator of `load_animator` (then landmarks, segmentation, detector
+      and chunk are the animator's, and nothing is loaded).
+    on_progress: called with (fraction done or None, what is happening) at each stage and after each frame.
+    (the rest: the command-line flags of the same names; `progress` is the terminal's progress bar.)
 
   Raises:
     errors.UserError subclasses: unreadable inputs (before the params are loaded), no face or no chosen
     face in the photo, a driver without enough faces (then nothing is written).
   """
+  report = on_progress or (lambda fraction, message: None)
   timings = {}
   start = time.perf_counter()
   photo = video.read_still(source)
@@ -109,21 +140,29 @@ def drive(params: str, source: str, driver: str, out: str, *, side_by_side: bool
   fps, total = preprocess.open_driver(driver, max_frames)
   coverage = preprocess.FaceCoverage(driver, max_faceless_fraction, total)
   timings['open inputs'] = time.perf_counter() - start
-  anim, inputs, avatar = _avatar(params, photo, source, timings, enhance=enhance, landmarks=landmarks,
-                                 segmentation=segmentation, detector=detector, chunk=chunk,
-                                 face_index=face_index, face_box=face_box)
+  anim = params
+  if isinstance(params, (str, os.PathLike)):
+    report(None, 'loading the model')
+    start = time.perf_counter()
+    anim = load_animator(os.fspath(params), landmarks=landmarks, segmentation=segmentation, detector=detector,
+                         chunk=chunk)
+    timings['load'] = time.perf_counter() - start
+  inputs, avatar = _avatar(anim, photo, source, timings, report, enhance=enhance, face_index=face_index,
+                           face_box=face_box)
   coverage.detector = anim.preprocessor.landmarks.name
   panel = lambda img: images.resize_bicubic(np.ascontiguousarray(img), display_size)
   source_panel = panel(inputs.crop)
   blank = np.zeros_like(source_panel)
   loop_timings = {}
+  frame_done = _frame_reporter(report, total)
 
   def frames():
     bar = tqdm.auto.tqdm(total=total, unit='frame', disable=not progress)  # a widget in notebooks
     driving = anim.drive(avatar, video.read_video(driver, max_frames), loop_timings, coverage)
-    for _, crop, out_frame in driving:
+    for done, (_, crop, out_frame) in enumerate(driving, 1):
       result = panel(anim.composite({k: v[None] for k, v in out_frame.items()}, bg)[0])
       bar.update(1)
+      frame_done(done)
       if side_by_side:
         yield np.concatenate([source_panel, panel(crop) if crop is not None else blank, result], axis=1)
       else:
