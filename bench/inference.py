@@ -11,6 +11,8 @@ Rows (median of --runs after warm-up; runtimes run alternately so they see the s
                        what Animator.render runs
   TFLite fp32/fp16/dynamic/int8   the exported per-frame models on the LiteRT interpreter (threads = N)
   PyTorch              torch_frame_net.FrameNet (eager, torch.set_num_threads(N))
+  ONNX Runtime fp32/fp16   the exported .onnx models (onnx_export: opset 17, bordered-gather warp) on ONNX
+                       Runtime's CPU execution provider (intra-op threads = N)
   FSTH per frame      the few-shot talking-head model bi-layer was made to beat, at its reference size
                        (256² inference crops): the landmark sketch drawn + the generator (FSTHAnimator.render),
                        and the generator alone; random weights (its cost does not depend on them)
@@ -55,6 +57,7 @@ from bilayer_jax.families.lpd import training as lpd_training
 from bilayer_jax.inference import animator as animator_lib
 from bilayer_jax.inference import fsth_animator
 from bilayer_jax.inference import lpd_animator
+from bilayer_jax.inference import onnx_export
 from bilayer_jax.inference import folding
 from bilayer_jax.inference import preprocess
 from bilayer_jax.inference import tflite_export
@@ -238,6 +241,24 @@ def _tflite_rows(net, poses, out_dir, threads, reference, lf_reference, table):
   return fns
 
 
+def _onnx_rows(net, poses, out_dir, threads, reference, lf_reference, table):
+  """The ONNX exports (fp32, fp16; and texture-free copies for the low-frequency PSNR) on ONNX Runtime's CPU
+  execution provider: fills `table` and returns the per-frame functions."""
+  lf_net = dataclasses.replace(net, arrays={**net.arrays, 'texture': np.zeros_like(net.arrays['texture'])})
+  fns = {}
+  for quantize in onnx_export.QUANTIZATIONS:
+    name = f'ONNX Runtime {quantize if quantize != "none" else "fp32"}'
+    for model, ref, column in ((net, reference, 'quality'), (lf_net, lf_reference, 'lf_quality')):
+      path = onnx_export.export_frame_model(
+          model, os.path.join(out_dir, f'frame_{quantize}{"" if model is net else "_lf"}.onnx'), quantize)
+      runner = onnx_export.OrtRunner(path, num_threads=threads)
+      table[column][name] = export_cli.psnr(runner(poses)[0], ref)
+      if model is net:
+        fns[name] = lambda runner=runner: runner(poses[:1])
+        table['sizes'][name] = os.path.getsize(path)
+  return fns
+
+
 def _torch_row(net, poses, out_dir, reference, table):
   """The standalone PyTorch per-frame module: quality, TorchScript size, and its per-frame function."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -323,6 +344,7 @@ def main():
   fns = _jax_rows(anim, avatar, net, poses[:1])
   if not args.fsth_only:
     fns.update({**_tflite_rows(net, poses, out_dir, args.threads, reference, lf_reference, table),
+                **_onnx_rows(net, poses, out_dir, args.threads, reference, lf_reference, table),
                 **_torch_row(net, poses, out_dir, reference, table)})
     _tflite_init_rows(anim, source, out_dir, args.threads, table)
   fns.update(_fsth_rows(poses[:1], args.fsth_reference))

@@ -1,8 +1,9 @@
-r"""Export an avatar's per-frame network to TFLite or PyTorch, or params to the original's run layout.
+r"""Export an avatar's per-frame network to TFLite, PyTorch or ONNX, or params to the original's run layout.
 
     python -m bilayer_jax.export --params DIR --source photo.jpg --format tflite [--quantize fp16|dynamic|int8] \
         --out avatar.tflite [--with_init] [--driver video.mp4]
     python -m bilayer_jax.export --params DIR --source photo.jpg --format torch --out avatar.pt
+    python -m bilayer_jax.export --params DIR --source photo.jpg --format onnx [--quantize fp16] --out avatar.onnx
     python -m bilayer_jax.export --params DIR --format original --out runs/exported_main [--epoch 2225] \
         [--enh_out runs/exported_enhancer --enh_epoch 1225]
 
@@ -25,6 +26,9 @@ tflite: the folded per-frame network of the photo's avatar (136 keypoints -> ima
   dynamic models are first equalised on them (same function in float, less quantisation error), at the
   strength whose model renders them closest to float (recorded in the .json contract).
 torch: a TorchScript file of `torch_frame_net.FrameNet` (load with torch.jit.load, no bilayer_jax needed).
+onnx: the same folded network as .onnx (`inference.onnx_export`: opset 17, standard ops only, the warp as a
+  bordered gather, no GridSample; --quantize none or fp16) with the TFLite per-frame .json contract next to
+  it; checked on ONNX Runtime. Bi-layer params only (the fsth and lpd families export tflite or torch).
 original: args.txt + checkpoints/<epoch>_<net>.pth (spectral-norm form) for the base networks and the
   discriminator if present, and with --enh_out the enhancer run (texture_enhancer + discriminator), so the
   original's infer.py/train.py load them; no photo needed. Parameters imported from the original come back
@@ -46,7 +50,9 @@ from bilayer_jax.face import landmarks as landmarks_lib
 from bilayer_jax.inference import preprocess  # light (no JAX): its defaults name the flags' defaults
 
 FLAGS = flags.FLAGS
-FORMATS = ('tflite', 'torch', 'original')
+FORMATS = ('tflite', 'torch', 'onnx', 'original')
+# What --quantize accepts per format (the others take none).
+QUANTIZE_FORMATS = {'tflite': ('none', 'fp16', 'dynamic', 'int8'), 'onnx': ('none', 'fp16')}
 
 
 class UsageError(errors.UserError, ValueError):
@@ -56,10 +62,11 @@ class UsageError(errors.UserError, ValueError):
 def _define_flags():
   """Defines the command-line flags (only when run as a program)."""
   flags.DEFINE_string('params', None, 'bilayer_jax params directory.')
-  flags.DEFINE_string('source', None, 'Source photo (tflite, torch).')
+  flags.DEFINE_string('source', None, 'Source photo (tflite, torch, onnx).')
   flags.DEFINE_enum('format', None, FORMATS, 'What to write.')
-  flags.DEFINE_enum('quantize', 'none', ['none', 'fp16', 'dynamic', 'int8'], 'TFLite quantisation.')
-  flags.DEFINE_string('out', None, 'Output file (.tflite / .pt) or directory (original).')
+  flags.DEFINE_enum('quantize', 'none', ['none', 'fp16', 'dynamic', 'int8'],
+                    'Quantisation: tflite none/fp16/dynamic/int8, onnx none/fp16.')
+  flags.DEFINE_string('out', None, 'Output file (.tflite / .pt / .onnx) or directory (original).')
   flags.DEFINE_bool('with_init', False, 'tflite: also write the avatar-init and generic per-frame models.')
   flags.DEFINE_bool('enhance', None, 'Texture enhancer at init (default: if the params have one).')
   flags.DEFINE_string('driver', None, 'Video whose keypoints calibrate int8 and check parity '
@@ -74,7 +81,7 @@ def _define_flags():
   flags.DEFINE_string('epoch', '1', 'original: epoch in the checkpoint names.')
   flags.DEFINE_string('enh_out', None, 'original: also write the enhancer run (texture_enhancer) here.')
   flags.DEFINE_string('enh_epoch', '1', 'original: epoch in the enhancer checkpoint names.')
-  flags.DEFINE_integer('batch', 1, 'tflite: frames per call.')
+  flags.DEFINE_integer('batch', 1, 'tflite, onnx: frames per call.')
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -215,8 +222,11 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
   """Runs one export (see module docstring); returns {'files': [...], 'checks': {...}}."""
   if fmt not in FORMATS:
     raise UsageError(f'--format {fmt!r}: expected one of {FORMATS}')
-  if fmt != 'tflite' and quantize != 'none':
-    raise UsageError(f'--quantize {quantize} applies to --format tflite only (got --format {fmt})')
+  if quantize not in QUANTIZE_FORMATS.get(fmt, ('none',)):
+    takes = [f for f, options in QUANTIZE_FORMATS.items() if quantize in options]
+    raise UsageError(f'--quantize {quantize} applies to --format {" or ".join(takes)} only (got --format {fmt})')
+  if with_init and fmt == 'onnx':
+    raise UsageError('--with_init: the ONNX export writes the per-frame model only (the init model is TFLite)')
   if fmt == 'tflite' and with_init and quantize == 'int8':
     raise UsageError('--with_init with --quantize int8: the init model supports none/fp16/dynamic only')
   if fmt == 'original':
@@ -229,6 +239,8 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
   if driver:
     preprocess.open_driver(driver)  # a wrong path fails now, not after the avatar setup
   family = _family_of(params)
+  if fmt == 'onnx' and family != 'bilayer':
+    raise UsageError(f'--format onnx exports the bi-layer per-frame network; {family} params export tflite or torch')
   if family == 'fsth':
     return export_fsth(params, fmt, out, source, quantize, with_init, driver, landmarks, batch, detector=detector,
                        face_index=face_index, face_box=face_box, max_faceless_fraction=max_faceless_fraction)
@@ -259,6 +271,11 @@ def export(params: str, fmt: str, out: str, source=None, quantize: str = 'none',
                                               inputs.poses[:, 0])
       files += [str(p) for p in (generic, generic.with_suffix('.json'), init, init.with_suffix('.json'))]
       checks['init+generic'] = compare(run_tflite(generic, batch, *arrays)(check), reference)
+  elif fmt == 'onnx':
+    from bilayer_jax.inference import onnx_export  # pylint: disable=g-import-not-at-top
+    path = onnx_export.export_frame_model(net, out_path, quantize, batch=batch)
+    files += [str(path), str(path.with_suffix('.json'))]
+    checks['frame'] = compare(onnx_export.OrtRunner(path)(check)[0], reference)
   else:
     path = write_torchscript(net, out_path)
     files.append(str(path))

@@ -299,7 +299,7 @@ def test_export_cli_formats_and_clear_errors(params_dir, photo_file, small_run, 
                           ({'fmt': 'tflite'}, '--source photo is required'),
                           ({'fmt': 'tflite', 'source': photo_file, 'quantize': 'int8', 'with_init': True},
                            'init model supports'),
-                          ({'fmt': 'onnx'}, 'expected one of')):
+                          ({'fmt': 'coreml'}, 'expected one of')):
     fmt = kwargs.pop('fmt')
     with pytest.raises(export_cli.UsageError, match=message):
       export_cli.export(params_dir, fmt, str(tmp_path / 'x.out'), **kwargs)

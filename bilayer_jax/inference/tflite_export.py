@@ -281,12 +281,12 @@ def export_frame_model(net: folding.FoldedFrameNet, path: os.PathLike, quantize:
     model, selection = _best_equalisation(net, poses, batch, convert, low_res_upsample_conv)
   else:
     model = convert(net)
-  contract = _frame_contract(net, quantize, batch, baked, avatar_names)
-  contract['precision'] = _precision(quantize, selection, 0 if quantize != 'int8' else len(poses))
+  contract = frame_contract(net, quantize, batch, baked, avatar_names)
+  contract['precision'] = precision_record(quantize, selection, 0 if quantize != 'int8' else len(poses))
   return write_model(path, model, contract)
 
 
-def _frame_contract(net: folding.FoldedFrameNet, quantize: str, batch: int, baked: bool, avatar_names) -> dict:
+def frame_contract(net: folding.FoldedFrameNet, quantize: str, batch: int, baked: bool, avatar_names) -> dict:
   """The .json contract of a per-frame model: its inputs and outputs (the precision is added by the caller)."""
   s = net.spec.image_size
   return {
@@ -333,7 +333,7 @@ def _best_equalisation(net: folding.FoldedFrameNet, poses: np.ndarray, batch: in
                         'poses': count}
 
 
-def _precision(quantize: str, selection: Optional[Mapping], calibration_poses: int) -> Mapping:
+def precision_record(quantize: str, selection: Optional[Mapping], calibration_poses: int) -> Mapping:
   """The contract's record of a per-frame model's numerics: what is quantised, what stays float and why
   the avatar's weights differ from the float export's (equalisation rescales channels, same function)."""
   scopes = ', '.join(FLOAT_FROM_SCOPES)

@@ -104,7 +104,8 @@ class FrameNet(nn.Module):
   def from_folded(cls, net: folding.FoldedFrameNet) -> 'FrameNet':
     return cls(net.spec, net.arrays).eval().requires_grad_(False)
 
-  def forward(self, poses: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+  def heads_output(self, poses: torch.Tensor) -> torch.Tensor:
+    """The heads' pre-activations (N, 6, S, S): uv offsets, low-frequency RGB and mask logit."""
     x = poses
     if self.use_harmonics:
       # [sin, cos] of p * pi * 2^j with the frequency varying fastest (keypoints_embedder.harmonic_encoding).
@@ -114,7 +115,10 @@ class FrameNet(nn.Module):
     for block in self.blocks:
       x = block(x)
     x = F.leaky_relu(x * self.final_scale + self.final_shift, 0.2)
-    y = self.heads(x)
+    return self.heads(x)
+
+  def forward(self, poses: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    y = self.heads_output(poses)
     uv = self.identity_grid + torch.tanh(y[:, 0:2]).permute(0, 2, 3, 1)
     lf = torch.tanh(y[:, 2:5])
     texture = self.texture.expand(poses.shape[0], -1, -1, -1)
