@@ -92,7 +92,10 @@ def test_bad_files_are_one_line_errors(reference_files, tmp_path):
   assert proc.stderr.strip().splitlines()[-1].startswith('error: ') and not (tmp_path / 'o').exists()
 
 
-def test_with_init_export_of_an_fsth_model_is_a_clear_usage_error(reference_files, tmp_path, photo_file):
+def test_with_init_or_onnx_export_of_an_fsth_model_is_a_clear_usage_error(reference_files, tmp_path, photo_file):
   params = import_original.import_run(str(reference_files[2]), None, out=str(tmp_path / 'params'), family='fsth')
   with pytest.raises(export_cli.UsageError, match=r'--with_init: the fsth family'):
     export_cli.export(str(params), 'tflite', str(tmp_path / 'x.tflite'), source=photo_file, with_init=True)
+  with pytest.raises(export_cli.UsageError, match=r'--format onnx exports the bi-layer .*; fsth params export'):
+    export_cli.export(str(params), 'onnx', str(tmp_path / 'x.onnx'), source=photo_file)
+  assert not (tmp_path / 'x.onnx').exists()
