@@ -221,42 +221,44 @@ def _jax_rows(anim, avatar, net, pose) -> dict:
           'JAX jit, folded (plain upsample)': lambda: folded_fns[False](pose).block_until_ready()}
 
 
-def _tflite_rows(net, poses, out_dir, threads, reference, lf_reference, table):
-  """Exports every TFLite quantisation (and a texture-free copy for the low-frequency PSNR); fills
-  `table` (quality, lf_quality, sizes) and returns the per-frame functions."""
+def _exported_rows(runtime, quantizations, export, open_runner, render_all, net, poses, reference, lf_reference,
+                   table):
+  """Every quantisation of one export format, and a texture-free copy of each for the low-frequency PSNR:
+  fills `table` (quality, lf_quality, sizes) and returns the per-frame functions, named '<runtime> <q>'.
+
+  export(model, quantize, suffix) writes a file and returns its path; open_runner(path) loads it;
+  render_all(runner) renders all `poses`."""
   lf_net = dataclasses.replace(net, arrays={**net.arrays, 'texture': np.zeros_like(net.arrays['texture'])})
   fns = {}
-  for quantize in tflite_export.QUANTIZATIONS:
-    name = f'TFLite {quantize if quantize != "none" else "fp32"}'
+  for quantize in quantizations:
+    name = f'{runtime} {quantize if quantize != "none" else "fp32"}'
     for model, ref, column in ((net, reference, 'quality'), (lf_net, lf_reference, 'lf_quality')):
-      path = tflite_export.export_frame_model(
-          model, os.path.join(out_dir, f'frame_{quantize}{"" if model is net else "_lf"}.tflite'), quantize,
-          representative_poses=poses)
-      runner = tflite_export.LiteRunner(path, num_threads=threads)
-      images = np.concatenate([runner(poses[i:i + 1])[0] for i in range(len(poses))])
-      table[column][name] = export_cli.psnr(images, ref)
+      path = export(model, quantize, '' if model is net else '_lf')
+      runner = open_runner(path)
+      table[column][name] = export_cli.psnr(render_all(runner), ref)
       if model is net:
         fns[name] = lambda runner=runner: runner(poses[:1])
         table['sizes'][name] = os.path.getsize(path)
   return fns
+
+
+def _tflite_rows(net, poses, out_dir, threads, reference, lf_reference, table):
+  """The TFLite quantisations on LiteRT (batch-1 models: all poses one by one)."""
+  export = lambda model, quantize, suffix: tflite_export.export_frame_model(
+      model, os.path.join(out_dir, f'frame_{quantize}{suffix}.tflite'), quantize, representative_poses=poses)
+  return _exported_rows('TFLite', tflite_export.QUANTIZATIONS, export,
+                        lambda path: tflite_export.LiteRunner(path, num_threads=threads),
+                        lambda runner: np.concatenate([runner(poses[i:i + 1])[0] for i in range(len(poses))]),
+                        net, poses, reference, lf_reference, table)
 
 
 def _onnx_rows(net, poses, out_dir, threads, reference, lf_reference, table):
-  """The ONNX exports (fp32, fp16; and texture-free copies for the low-frequency PSNR) on ONNX Runtime's CPU
-  execution provider: fills `table` and returns the per-frame functions."""
-  lf_net = dataclasses.replace(net, arrays={**net.arrays, 'texture': np.zeros_like(net.arrays['texture'])})
-  fns = {}
-  for quantize in onnx_export.QUANTIZATIONS:
-    name = f'ONNX Runtime {quantize if quantize != "none" else "fp32"}'
-    for model, ref, column in ((net, reference, 'quality'), (lf_net, lf_reference, 'lf_quality')):
-      path = onnx_export.export_frame_model(
-          model, os.path.join(out_dir, f'frame_{quantize}{"" if model is net else "_lf"}.onnx'), quantize)
-      runner = onnx_export.OrtRunner(path, num_threads=threads)
-      table[column][name] = export_cli.psnr(runner(poses)[0], ref)
-      if model is net:
-        fns[name] = lambda runner=runner: runner(poses[:1])
-        table['sizes'][name] = os.path.getsize(path)
-  return fns
+  """The ONNX exports (fp32, fp16) on ONNX Runtime's CPU execution provider."""
+  export = lambda model, quantize, suffix: onnx_export.export_frame_model(
+      model, os.path.join(out_dir, f'frame_{quantize}{suffix}.onnx'), quantize)
+  return _exported_rows('ONNX Runtime', onnx_export.QUANTIZATIONS, export,
+                        lambda path: onnx_export.OrtRunner(path, num_threads=threads),
+                        lambda runner: runner(poses)[0], net, poses, reference, lf_reference, table)
 
 
 def _torch_row(net, poses, out_dir, reference, table):

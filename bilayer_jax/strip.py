@@ -13,13 +13,10 @@ The crops are the model's own (the same crop the avatar and the driver poses com
 composited on --background. --source may be a video: frame --source_frame is the photo, so held-out frames
 of a training video can be both source and driver. The README's picture is made by this command (README
 "Results"), the demo notebook shows the same for the user's photo. Writes the PNG under a temp name, then
-renames it; user errors are one line.
+renames it (`video.write_image`); user errors are one line.
 """
 
 import itertools
-import os
-import pathlib
-import tempfile
 from typing import List, Optional
 
 from absl import flags
@@ -30,7 +27,6 @@ from PIL import ImageDraw
 from bilayer_jax import cli
 from bilayer_jax import drive as drive_lib
 from bilayer_jax import errors
-from bilayer_jax import families
 from bilayer_jax import xla_cpu
 from bilayer_jax.face import images
 from bilayer_jax.inference import video
@@ -66,21 +62,23 @@ def read_frame(path: str, index: int) -> np.ndarray:
 
 
 def chosen_frames(path: str, start: int, end: Optional[int], count: int) -> List[np.ndarray]:
-  """`count` frames of a video evenly spaced over [start, end)."""
+  """`count` frames of a video evenly spaced over [start, end) (decoded twice: once to count, once to pick,
+  so a long video is never held in memory)."""
   if count < 1 or start < 0:
-    raise errors.InvalidArgumentError(f'--frames {count} / --driver_start {start}: expected >= 1 and >= 0')
-  window = list(itertools.islice(video.read_video(path, end), start, None))
-  if len(window) < count:
-    raise errors.InvalidArgumentError(f'{path}: {len(window)} frames in [{start}, {end}), fewer than '
+    raise errors.InvalidArgumentError(f'--frames {count}, --driver_start {start}: expected at least 1 frame '
+                                      'from a start >= 0')
+  available = sum(1 for _ in itertools.islice(video.read_video(path, end), start, None))
+  if available < count:
+    raise errors.InvalidArgumentError(f'{path}: {available} frames in [{start}, {end}), fewer than '
                                       f'--frames {count}')
-  picks = np.linspace(0, len(window) - 1, count).round().astype(int)
-  return [window[i] for i in picks]
+  picks = set((start + np.linspace(0, available - 1, count).round()).astype(int).tolist())
+  return [frame for i, frame in enumerate(video.read_video(path, end)) if i in picks]
 
 
 def render_columns(params: str, photo: np.ndarray, frames: List[np.ndarray], *, enhance=None,
                    background=(255, 255, 255), name: str = 'source'):
   """(source crop, [driver crop or None], [composited result]) at the model's resolution."""
-  anim = families.animator_from_params(params)
+  anim = drive_lib.load_animator(params)
   inputs = anim.preprocessor.source(photo, name=name)
   avatar = anim.init_avatar(inputs, enhance=enhance)
   crops, results = [], []
@@ -108,20 +106,6 @@ def compose(source: np.ndarray, crops: list, results: list, size: int, title: st
   return np.asarray(image)
 
 
-def write_png(path: str, image: np.ndarray) -> None:
-  """Writes under a temp name in the same folder, then renames (no half-written picture)."""
-  target = pathlib.Path(path)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f'.{target.stem}.tmp-', suffix='.png')
-  os.close(fd)
-  try:
-    Image.fromarray(image).save(tmp)
-    os.replace(tmp, target)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def make_strip(params: str, source: str, driver: str, *, source_frame: int = 0, driver_start: int = 0,
                driver_end: Optional[int] = None, frames: int = 6, size: int = 128, enhance=None,
                background='255,255,255', title: str = '') -> np.ndarray:
@@ -139,7 +123,7 @@ def main(argv):
   image = make_strip(FLAGS.params, FLAGS.source, FLAGS.driver, source_frame=FLAGS.source_frame,
                      driver_start=FLAGS.driver_start, driver_end=FLAGS.driver_end, frames=FLAGS.frames,
                      size=FLAGS.size, enhance=FLAGS.enhance, background=FLAGS.background, title=FLAGS.title)
-  write_png(FLAGS.out, image)
+  video.write_image(FLAGS.out, image)
   print(f'wrote {FLAGS.out}: {image.shape[1]}x{image.shape[0]}')
 
 

@@ -44,11 +44,14 @@ def test_panels_are_the_animators_crops_and_renders(params_dir, photo_file):
   assert np.abs(results[0] - results[2]).mean() > 0.5
 
 
-def test_window_shorter_than_frames_is_one_line_error():
+def test_bad_requests_are_one_line_errors_and_write_nothing(tmp_path):
   with pytest.raises(errors.InvalidArgumentError, match=r'2 frames in \[10, 12\), fewer than --frames 3'):
     strip.chosen_frames(samples.carphone_path(), 10, 12, 3)
   with pytest.raises(errors.InvalidArgumentError, match='--source_frame 500 is past the end'):
     strip.read_frame(samples.carphone_path(), 500)
+  with pytest.raises(video.MediaError, match=r'x\.unknownext: cannot write the image'):
+    video.write_image(tmp_path / 'x.unknownext', np.zeros((4, 4, 3), np.uint8))
+  assert not list(tmp_path.iterdir())
 
 
 def test_command_writes_the_png(params_dir, photo_file, tmp_path):

@@ -1,4 +1,4 @@
-"""Video and image I/O for inference: PyAV decoding, H.264 mp4 writing (atomic), image reading.
+"""Video and image I/O for inference: PyAV decoding, H.264 mp4 writing (atomic), image reading and writing.
 
 `read_image` turns any PIL-readable photo into 8-bit RGB the detectors and the model accept: EXIF
 orientation applied (phone photos), grayscale and palette images expanded, transparent areas (RGBA, LA,
@@ -133,3 +133,22 @@ def write_mp4(path: os.PathLike, frames: Iterable[np.ndarray], fps: float, crf: 
     if os.path.exists(tmp):
       os.remove(tmp)
   return count
+
+
+def write_image(path: os.PathLike, image: np.ndarray) -> None:
+  """Writes a uint8 RGB image in the format its suffix names (PNG, JPEG, ...); the file appears only when
+  complete (temp name, then rename)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.stem}.tmp-', suffix=path.suffix)
+  os.close(fd)
+  try:
+    try:
+      Image.fromarray(np.asarray(image, np.uint8)).save(tmp)
+    except (ValueError, OSError) as e:  # e.g. an unknown suffix
+      raise MediaError(f'{path}: cannot write the image ({e})') from e
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a picture is meant to be shared
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
