@@ -1,6 +1,7 @@
 r"""Same-run baseline for bench/train_step.py: the ORIGINAL's base-stage training iteration on the CPU.
 
     python bench/original_train_step.py --original_repo PATH --args_json FILE [--steps 3] [--threads N]
+                                        [--profile]
 
 bench/train_step.py runs this as its own subprocess, so the peak RSS is the original's alone and no JAX is
 imported here. It prints one `RESULT {json}` line. The original's code is imported at run time from the
@@ -20,7 +21,8 @@ warping_regularizer (its weight is 0). The released discriminator update is a no
 parameters with requires_grad=False, so D gets no gradient and its Adam step skips every parameter. The
 result reports, for each network, how many parameter tensors got a gradient. Reported: the median iteration
 time over --steps after one warm-up iteration, its forward/backward/optimizer split, the process CPU seconds
-per iteration, and the peak RSS.
+per iteration, and the peak RSS. With --profile (bench/step_profile.py), also the self time of one more
+iteration's PyTorch operators by kind (`OP_KINDS`), from torch.profiler.
 
 Shims, made at run time (sys.modules and a temp dir) for what cannot run here:
   * `apex`: a stub module whose `parallel.SyncBatchNorm` is a class nothing is an instance of.
@@ -125,15 +127,15 @@ def _inputs(args, seed: int = 0) -> dict:
           'target_imgs': img(t, 3), 'target_segs': seg(t), 'target_stickmen': img(t, 3), 'target_poses': pose(t)}
 
 
-def measure(repo: str, args_dict: dict, steps: int, threads: int) -> dict:
+def measure(repo: str, args_dict: dict, steps: int, threads: int, profile: bool = False) -> dict:
   """Builds the original's runner and optimizers and times its training iteration."""
   torch.set_num_threads(threads)
   with tempfile.TemporaryDirectory(prefix='bilayer_orig_') as project_dir:  # ~0.5 GB VGGFace file: remove it
     vgg_source = install_shims(project_dir)
-    return _measure(repo, args_dict, steps, project_dir, vgg_source)
+    return _measure(repo, args_dict, steps, project_dir, vgg_source, profile)
 
 
-def _measure(repo: str, args_dict: dict, steps: int, project_dir: str, vgg_source: str) -> dict:
+def _measure(repo: str, args_dict: dict, steps: int, project_dir: str, vgg_source: str, profile: bool) -> dict:
   sys.path.insert(0, os.path.abspath(repo))
   import importlib  # pylint: disable=g-import-not-at-top
   args = argparse.Namespace(**{**args_dict, 'project_dir': project_dir, 'torch_home': project_dir})
@@ -167,12 +169,14 @@ def _measure(repo: str, args_dict: dict, steps: int, project_dir: str, vgg_sourc
     splits.append(split)
   assert np.isfinite(loss), loss
   peak_tensor_gb = _peak_tensor_gb(iteration)
+  op_kinds = _op_kind_seconds(iteration) if profile else None
   total = [float(s[:3].sum()) for s in splits]
   fwd, bwd, opt, cpu = (statistics.median(float(s[i]) for s in splits) for i in range(4))
   return {'step_s': statistics.median(total), 'step_min_s': min(total), 'forward_s': fwd, 'backward_s': bwd,
           'optimizer_s': opt, 'cpu_s': cpu, 'threads': torch.get_num_threads(), 'torch': torch.__version__,
           'vgg': vgg_source, 'losses': sorted(runner.losses_history[True]), 'params_with_grad': grads, 'loss': loss,
           'image_size': args.image_size, 'batch': args.batch_size, 'peak_tensor_gb': peak_tensor_gb,
+          'op_kind_s': op_kinds,
           'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
@@ -191,16 +195,41 @@ def _peak_tensor_gb(iteration) -> float:
   return max(sum(s) for s in sizes) / 2**30
 
 
+# PyTorch operators by kind, for --profile: the first kind whose name fragment is in the operator's name.
+OP_KINDS = (('convolution backward', ('convolution_backward',)),
+            ('convolution forward', ('mkldnn_convolution', 'convolution')),
+            ('matmul', ('aten::mm', 'aten::bmm', 'aten::addmm', 'aten::addmv', 'aten::matmul', 'aten::linear')),
+            ('batch norm', ('batch_norm',)),
+            ('optimizer', ('Optimizer', 'lerp', 'addcdiv', 'aten::sqrt')))
+
+
+def _op_kind_seconds(iteration) -> dict:
+  """Self CPU seconds of one iteration's PyTorch operators, summed by OP_KINDS (the rest as 'other')."""
+  import torch.profiler  # pylint: disable=g-import-not-at-top
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+    start = time.perf_counter()
+    iteration()
+    wall = time.perf_counter() - start
+  seconds = {kind: 0.0 for kind, _ in OP_KINDS}
+  seconds['other'] = 0.0
+  for event in profiler.key_averages():
+    kind = next((k for k, fragments in OP_KINDS if any(f in event.key for f in fragments)), 'other')
+    seconds[kind] += event.self_cpu_time_total / 1e6
+  seconds['iteration (profiled)'] = wall
+  return seconds
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--original_repo', required=True, help='checkout of saic-violet/bilayer-model')
   parser.add_argument('--args_json', required=True, help='the original arguments (written by train_step.py)')
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--threads', type=int, default=os.cpu_count())
+  parser.add_argument('--profile', action='store_true', help='also self time by operator kind')
   args = parser.parse_args()
   with open(args.args_json, 'rt') as f:
     args_dict = json.load(f)
-  print('RESULT ' + json.dumps(measure(args.original_repo, args_dict, args.steps, args.threads)))
+  print('RESULT ' + json.dumps(measure(args.original_repo, args_dict, args.steps, args.threads, args.profile)))
 
 
 if __name__ == '__main__':

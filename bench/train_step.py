@@ -49,7 +49,7 @@ SPEC_STEP_S = 7.1
 SPEC_PEAK_RSS_GB = 5.5
 
 
-def _run_child(cmd, env, what):
+def run_child(cmd, env, what):
   """Runs a benchmark subprocess and returns its `RESULT {json}` line as a dict."""
   proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
@@ -66,12 +66,12 @@ def _print_compile_cache(names, env) -> None:
       cached_env = {**env, 'JAX_ENABLE_COMPILATION_CACHE': 'true', 'JAX_COMPILATION_CACHE_DIR': cache,
                     'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
       cmd = [sys.executable, os.path.abspath(__file__), '--child', name, '--steps', '1']
-      cold, warm = (_run_child(cmd, cached_env, name)['compile_s'] for _ in range(2))
+      cold, warm = (run_child(cmd, cached_env, name)['compile_s'] for _ in range(2))
     print(f'compile {name}: {cold:.1f} s with an empty persistent cache, {warm:.1f} s from it '
           f'({warm / cold:.2f}x)')
 
 
-def _measure_original(repo: str, steps: int, threads: int, env) -> dict:
+def measure_original(repo: str, steps: int, threads: int, env, profile: bool = False) -> dict:
   """The original's base training iteration at the paper config, in its own subprocess (own peak RSS)."""
   import tempfile  # pylint: disable=g-import-not-at-top
   from bilayer_jax.convert import original  # pylint: disable=g-import-not-at-top
@@ -83,8 +83,8 @@ def _measure_original(repo: str, steps: int, threads: int, env) -> dict:
     json.dump(args, f)
     f.flush()
     script = os.path.join(REPO, 'bench', 'original_train_step.py')
-    return _run_child([sys.executable, script, '--original_repo', repo, '--args_json', f.name,
-                       '--steps', str(steps), '--threads', str(threads)], env, 'original')
+    return run_child([sys.executable, script, '--original_repo', repo, '--args_json', f.name,
+                      '--steps', str(steps), '--threads', str(threads)] + ['--profile'] * profile, env, 'original')
 
 
 def _random_batch(batch: int, size: int, pose_channels: int) -> dict:
@@ -120,11 +120,11 @@ def _perceptual_params(cfg, size: int) -> dict:
 CONFIGS = ('paper', 'paper_released', 'demo', 'paper_bf16', 'demo_bf16', 'paper_remat_convs', 'paper_remat_full')
 
 
-def _measure(name: str, steps: int) -> dict:
-  """Runs in the child process: one configuration, returns its figures."""
+def build_step(name: str):
+  """The compiled train step of one configuration and its inputs: (compiled, state, batch, perceptual,
+  config, compile seconds). Runs in a process of its own (the benches' children)."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from bilayer_jax.families.bilayer import objective as step_lib  # pylint: disable=g-import-not-at-top
   from bilayer_jax.families.bilayer import setup  # pylint: disable=g-import-not-at-top
   from bilayer_jax.train import sharding  # pylint: disable=g-import-not-at-top
@@ -153,7 +153,15 @@ def _measure(name: str, steps: int) -> dict:
                      out_shardings=(state_sh, repl), donate_argnums=(0,))
   start = time.perf_counter()
   compiled = step_jit.lower(state, batch, perceptual).compile()
-  compile_s = time.perf_counter() - start
+  return compiled, state, batch, perceptual, config, time.perf_counter() - start
+
+
+def _measure(name: str, steps: int) -> dict:
+  """Runs in the child process: one configuration, returns its figures."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  compiled, state, batch, perceptual, config, compile_s = build_step(name)
+  b, s = config.batch_size, config.model.image_size
   memory = _xla_memory(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -233,13 +241,13 @@ def main():
   env = {**os.environ, 'JAX_ENABLE_COMPILATION_CACHE': 'false', 'TF_CPP_MIN_LOG_LEVEL': '2'}
   rows = []
   for name in args.configs.split(','):
-    rows.append(_run_child([sys.executable, os.path.abspath(__file__), '--child', name, '--steps', str(args.steps)],
+    rows.append(run_child([sys.executable, os.path.abspath(__file__), '--child', name, '--steps', str(args.steps)],
                            env, name))
   if args.compile_cache:
     _print_compile_cache(args.configs.split(','), env)
   base = None
   if args.original_repo and any(r['config'].startswith('paper') for r in rows):
-    base = _measure_original(args.original_repo, args.steps, args.threads, env)
+    base = measure_original(args.original_repo, args.steps, args.threads, env)
   base_s = base['step_s'] if base else SPEC_STEP_S
   print(f'{"config":14} {"device":22} {"batch":>5} {"size":>5} {"compile s":>9} {"step s":>8} {"min s":>7} '
         f'{"CPU s":>7} {"img/s":>7} {"GFLOP/step":>10} {"GFLOP/s":>8} {"MFU":>6} {"peak RSS GB":>11} '

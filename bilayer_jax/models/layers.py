@@ -12,8 +12,9 @@ Variable collections: `params` (kernels, biases, affine BN), `batch_stats` (BN r
 else in eval mode) is expressed: apply with `train=True, mutable=['batch_stats']`.
 """
 
+import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Tuple
 
 import flax.linen as nn
 import jax
@@ -188,23 +189,64 @@ class BatchNorm(nn.Module):
     running_var = self.variable('batch_stats', 'var', jnp.ones, (channels,), jnp.float32)
     batches_tracked = self.variable('batch_stats', 'num_batches_tracked', jnp.zeros, (), jnp.int32)
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    if train:
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(x32, axes)
-      var = jnp.mean(jnp.square(x32 - mean), axes)
-      if self.is_mutable_collection('batch_stats') and not self.is_initializing():
-        count = np.prod([x.shape[a] for a in axes])
-        unbiased = var * (count / max(count - 1, 1))
-        running_mean.value = (1.0 - self.momentum) * running_mean.value + self.momentum * mean
-        running_var.value = (1.0 - self.momentum) * running_var.value + self.momentum * unbiased
-        batches_tracked.value = batches_tracked.value + 1
-    else:
-      mean, var = running_mean.value, running_var.value
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
     if self.affine:
-      y = y * self.param('scale', nn.initializers.ones, (channels,))
-      y = y + self.param('bias', nn.initializers.zeros, (channels,))
+      scale = self.param('scale', nn.initializers.ones, (channels,))
+      bias = self.param('bias', nn.initializers.zeros, (channels,))
+    if not train:
+      y = (x32 - running_mean.value) * jax.lax.rsqrt(running_var.value + self.eps)
+      return (y * scale + bias if self.affine else y).astype(x.dtype)
+    if not self.affine:
+      scale, bias = jnp.ones((channels,), x32.dtype), jnp.zeros((channels,), x32.dtype)
+    y, mean, var = batch_norm_train(x32, scale, bias, self.eps)
+    if self.is_mutable_collection('batch_stats') and not self.is_initializing():
+      count = x.size // channels
+      unbiased = var * (count / max(count - 1, 1))
+      running_mean.value = (1.0 - self.momentum) * running_mean.value + self.momentum * mean
+      running_var.value = (1.0 - self.momentum) * running_var.value + self.momentum * unbiased
+      batches_tracked.value = batches_tracked.value + 1
     return y.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: Array, scale: Array, bias: Array, eps: float) -> Tuple[Array, Array, Array]:
+  """Train-mode batch norm over all axes but the last: (y, batch mean, biased batch variance).
+
+  The statistics are two-pass (mean, then the mean squared deviation), as PyTorch computes them. The
+  backward is the closed form PyTorch's BatchNorm uses: two reductions, sum(g) and sum(g * x_hat), which
+  are also the bias and scale gradients, instead of autodiff's differentiating the forward's reductions one
+  by one. Same function and gradients (tests/test_layers.py checks them against autodiff in float64); it
+  exists because XLA:CPU's large reductions are slow and the step has fewer of them this way
+  (docs/benchmarks.md#cpu-training-step-profile-2026-12-07).
+  """
+  return _batch_norm_forward(x, scale, bias, eps)[0]
+
+
+def _batch_norm_forward(x, scale, bias, eps):
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axes)
+  centred = x - mean
+  var = jnp.mean(jnp.square(centred), axes)
+  inv_std = jax.lax.rsqrt(var + eps)
+  return (centred * inv_std * scale + bias, mean, var), (x, mean, inv_std, scale)
+
+
+def _batch_norm_backward(eps, residuals, cotangents):
+  del eps  # inv_std already holds it.
+  x, mean, inv_std, scale = residuals
+  g_y, g_mean, g_var = cotangents
+  axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  centred = x - mean
+  x_hat = centred * inv_std
+  g_bias = jnp.sum(g_y, axes)
+  g_scale = jnp.sum(g_y * x_hat, axes)
+  g_x = (scale * inv_std / count) * (count * g_y - g_bias - x_hat * g_scale)
+  # The statistics' own cotangents (zero in a training step, whose running statistics are not differentiated).
+  g_x = g_x + g_mean / count + centred * (2.0 * g_var / count)
+  return g_x, g_scale, g_bias
+
+
+batch_norm_train.defvjp(_batch_norm_forward, _batch_norm_backward)
 
 
 def activation(name: str) -> Callable[[Array], Array]:
