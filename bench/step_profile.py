@@ -7,7 +7,7 @@ Ours (in a child process, like bench/train_step.py): the compiled train step of 
 isolation with the same shapes, window and layout (jit, best of 3), summed by kind:
   * convolution forward: the networks' convolutions;
   * convolution input gradient: the transposed convolutions of the backward pass;
-  * convolution kernel gradient: XLA's weight-gradient convolutions (a window as large as the image);
+  * convolution kernel gradient: XLA's weight-gradient convolutions (a window as large as their input);
   * dot: matrix products (dense layers, 1x1 convolutions, the per-identity projections, the backward's
     products).
 "everything else" is the step time minus their sum: elementwise fusions, reductions (BatchNorm
@@ -35,18 +35,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DIMS = {'b': 'N', 'f': 'C', '0': 'H', '1': 'W', 'i': 'I', 'o': 'O'}
-_CONV = re.compile(r'\n\s*(?:ROOT )?%([\w.\-]+) = f32\[[\d,]*\]\{[^}]*\} convolution\(%([\w.\-]+), %([\w.\-]+)\), '
+_CONV = re.compile(r'\n\s*(?:ROOT )?%([\w.\-]+) = \w+\[[\d,]*\]\{[^}]*\} convolution\(%([\w.\-]+), %([\w.\-]+)\), '
                    r'([^\n]*)')
-_DOT = re.compile(r'\n\s*(?:ROOT )?%([\w.\-]+) = f32\[[\d,]*\]\{[^}]*\} dot\(%([\w.\-]+), %([\w.\-]+)\), ([^\n]*)')
-_SHAPE = re.compile(r'\n\s*(?:ROOT )?%([\w.\-]+) = \w+\[([\d,]*)\]')
+_DOT = re.compile(r'\n\s*(?:ROOT )?%([\w.\-]+) = \w+\[[\d,]*\]\{[^}]*\} dot\(%([\w.\-]+), %([\w.\-]+)\), ([^\n]*)')
+_SHAPE = re.compile(r'\n\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]')
+_DTYPES = {'f32': 'float32', 'bf16': 'bfloat16', 'f16': 'float16', 'f64': 'float64'}
 
 
 def _ints(text: str, sep: str = 'x'):
   return [int(v) for v in text.split(sep) if v]
 
 
-def _conv_op(attrs: str):
-  """(jitted conv of two operands, kind) for an HLO convolution's attributes."""
+def _conv_op(attrs: str, lhs_shape):
+  """(jitted conv of two operands, kind) for an HLO convolution's attributes and its input's shape."""
   import jax  # pylint: disable=g-import-not-at-top
   window = re.search(r'window=\{([^}]*)\}', attrs).group(1)
   size = _ints(re.search(r'size=([\dx]+)', window).group(1))
@@ -54,25 +55,27 @@ def _conv_op(attrs: str):
   pad = [tuple(_ints(p, '_')) for p in field('pad').group(1).split('x')] if field('pad') else [(0, 0)] * len(size)
   stride = _ints(field('stride').group(1)) if field('stride') else [1] * len(size)
   lhs_dilation = _ints(field('lhs_dilate').group(1)) if field('lhs_dilate') else None
+  rhs_dilation = _ints(field('rhs_dilate').group(1)) if field('rhs_dilate') else None
   labels = re.search(r'dim_labels=([\w>\-]+)', attrs).group(1)
   lhs, rest = labels.split('_')
   rhs, out = rest.split('->')
   numbers = tuple(''.join(_DIMS[c] for c in spec) for spec in (lhs, rhs, out))
   groups = re.search(r'feature_group_count=(\d+)', attrs)
   op_name = re.search(r'op_name="([^"]*)"', attrs)
-  if max(size) > 7:
+  spatial = [lhs_shape[lhs.index(axis)] for axis in '01'[:len(size)]]
+  if max(size) > 1 and size == spatial:  # a window over the whole input: the kernel gradient XLA writes
     kind = 'convolution kernel gradient'
   elif op_name and 'transpose(jvp' in op_name.group(1):
     kind = 'convolution input gradient'
   else:
     kind = 'convolution forward'
   fn = jax.jit(lambda a, b: jax.lax.conv_general_dilated(
-      a, b, stride, pad, lhs_dilation=lhs_dilation, dimension_numbers=numbers,
+      a, b, stride, pad, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=numbers,
       feature_group_count=int(groups.group(1)) if groups else 1))
   return fn, kind
 
 
-def _dot_op(attrs: str):
+def _dot_op(attrs: str, unused_lhs_shape):
   import jax  # pylint: disable=g-import-not-at-top
   dims = lambda name: tuple(_ints(m.group(1), ',')) if (m := re.search(name + r'=\{([\d,]*)\}', attrs)) else ()
   numbers = ((dims('lhs_contracting_dims'), dims('rhs_contracting_dims')),
@@ -84,17 +87,18 @@ def census(hlo: str) -> dict:
   """Seconds of each kind of the HLO's top-level convolutions and dots, each run alone (best of 3)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  shapes = {m.group(1): tuple(_ints(m.group(2), ',')) for m in _SHAPE.finditer(hlo)}
+  operands = {m.group(1): (_DTYPES.get(m.group(2), m.group(2)), tuple(_ints(m.group(3), ',')))
+              for m in _SHAPE.finditer(hlo)}
   rng = np.random.default_rng(0)
   seconds, counts, timed = collections.defaultdict(float), collections.Counter(), {}
   ops = [(_conv_op, m) for m in _CONV.finditer(hlo)] + [(_dot_op, m) for m in _DOT.finditer(hlo)]
   for make, match in ops:
-    fn, kind = make(match.group(4))
-    operand_shapes = tuple(shapes[match.group(i)] for i in (2, 3))
+    inputs = tuple(operands[match.group(i)] for i in (2, 3))
+    fn, kind = make(match.group(4), inputs[0][1])
     # Identical ops (same kind, operands and attributes but the metadata) are timed once.
-    key = (kind, operand_shapes, re.sub(r', metadata=\{.*', '', match.group(4)))
+    key = (kind, inputs, re.sub(r', metadata=\{.*', '', match.group(4)))
     if key not in timed:
-      args = [jax.numpy.asarray(rng.standard_normal(shape, np.float32)) for shape in operand_shapes]
+      args = [jax.numpy.asarray(rng.standard_normal(shape), dtype) for dtype, shape in inputs]
       jax.block_until_ready(fn(*args))
       times = []
       for _ in range(3):
@@ -109,16 +113,8 @@ def census(hlo: str) -> dict:
 
 def _profile_ours(name: str, steps: int) -> dict:
   """Runs in the child process."""
-  import jax  # pylint: disable=g-import-not-at-top
   compiled, state, batch, perceptual, _, _ = train_step.build_step(name)
-  state, metrics = compiled(state, batch, perceptual)  # warm-up
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch, perceptual)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
+  times, _, _ = train_step.time_steps(compiled, state, batch, perceptual, steps)
   return {'config': name, 'step_s': statistics.median(times), **census(compiled.as_text())}
 
 

@@ -156,6 +156,21 @@ def build_step(name: str):
   return compiled, state, batch, perceptual, config, time.perf_counter() - start
 
 
+def time_steps(compiled, state, batch, perceptual, steps: int):
+  """Runs one warm-up step, then `steps` timed ones: (wall seconds, process CPU seconds, last metrics)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  state, metrics = compiled(state, batch, perceptual)
+  jax.block_until_ready(metrics)
+  times, cpu = [], []
+  for _ in range(steps):
+    start, cpu_start = time.perf_counter(), time.process_time()
+    state, metrics = compiled(state, batch, perceptual)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - cpu_start)
+  return times, cpu, metrics
+
+
 def _measure(name: str, steps: int) -> dict:
   """Runs in the child process: one configuration, returns its figures."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -166,15 +181,7 @@ def _measure(name: str, steps: int) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', 0.0)) if cost else 0.0
-  state, metrics = compiled(state, batch, perceptual)  # warm-up
-  jax.block_until_ready(metrics)
-  times, cpu = [], []
-  for _ in range(steps):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    state, metrics = compiled(state, batch, perceptual)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-    cpu.append(time.process_time() - cpu_start)
+  times, cpu, metrics = time_steps(compiled, state, batch, perceptual, steps)
   assert np.isfinite(float(metrics['loss/total']))
   step_s = statistics.median(times)
   return {'config': name, 'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',

@@ -6,19 +6,20 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench'))
 import step_profile  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _tiny_step_hlo() -> str:
+def _tiny_step_hlo(dtype=jnp.float32) -> str:
   """A conv + dense model's gradient w.r.t. its weights and its input, compiled: forward, input-gradient and
   kernel-gradient convolutions and dots."""
 
   def loss(params, x):
-    y = jax.lax.conv_general_dilated(x, params['conv'], (1, 1), [(1, 1), (1, 1)],
+    y = jax.lax.conv_general_dilated(x.astype(dtype), params['conv'].astype(dtype), (1, 1), [(1, 1), (1, 1)],
                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return jnp.sum(jnp.tanh(y.reshape(-1, 8) @ params['dense']))
+    return jnp.sum(jnp.tanh(y.reshape(-1, 8) @ params['dense'].astype(dtype)).astype(jnp.float32))
 
   rng = np.random.default_rng(0)
   params = {'conv': rng.normal(size=(3, 3, 4, 8)).astype(np.float32),
@@ -27,8 +28,10 @@ def _tiny_step_hlo() -> str:
   return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile().as_text()
 
 
-def test_census_covers_every_convolution_and_dot_kind():
-  hlo = _tiny_step_hlo()
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_census_covers_every_convolution_and_dot_kind(dtype):
+  """Every kind is found and timed, in float32 and in the bfloat16 configs' dtype."""
+  hlo = _tiny_step_hlo(dtype)
   result = step_profile.census(hlo)
   counts, seconds = result['counts'], result['seconds']
   assert counts.get('convolution forward', 0) >= 1
@@ -43,9 +46,9 @@ def test_census_covers_every_convolution_and_dot_kind():
 def test_rebuilt_convolution_computes_what_the_hlo_op_computes():
   """The rebuilt op of a kernel-gradient convolution is the weight gradient itself."""
   hlo = _tiny_step_hlo()
+  shapes = {m.group(1): tuple(step_profile._ints(m.group(3), ',')) for m in step_profile._SHAPE.finditer(hlo)}
   match = next(m for m in step_profile._CONV.finditer(hlo)
-               if step_profile._conv_op(m.group(4))[1] == 'convolution kernel gradient')
-  shapes = {m.group(1): tuple(step_profile._ints(m.group(2), ',')) for m in step_profile._SHAPE.finditer(hlo)}
-  fn, _ = step_profile._conv_op(match.group(4))
+               if step_profile._conv_op(m.group(4), shapes[m.group(2)])[1] == 'convolution kernel gradient')
+  fn, _ = step_profile._conv_op(match.group(4), shapes[match.group(2)])
   out = fn(*(jnp.zeros(shapes[match.group(i)], jnp.float32) for i in (2, 3)))
   assert sorted(out.shape) == sorted((3, 3, 4, 8))
